@@ -1,0 +1,169 @@
+"""The `contextbot` command line. Every user error is one line, `contextbot: error: ...`, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import ContextbotError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (plus a pointer to --help), not a usage dump."""
+
+    def error(self, message: str):
+        raise ContextbotError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="contextbot", description="A recurrent language model that remembers who "
+               "'he' and 'she' mean across chat turns.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    t = sub.add_parser("train", help="train a model on a corpus")
+    t.add_argument("--corpus", help="training corpus (default: corpus/train.txt)")
+    t.add_argument("--valid", help="validation corpus (default: corpus/valid.txt; 'none' to skip)")
+    t.add_argument("--out", required=True, help="checkpoint to write (PATH.safetensors)")
+    t.add_argument("--cell", choices=["rnn", "gru", "lstm"], help="recurrent cell (default gru)")
+    t.add_argument("--hidden", type=int, help="hidden units per layer (default 256)")
+    t.add_argument("--layers", type=int, help="recurrent layers (default 1)")
+    t.add_argument("--embed", type=int, help="embedding size (default 64)")
+    t.add_argument("--dropout", type=float, help="dropout (default 0)")
+    t.add_argument("--batch", type=int, help="parallel streams per step (default 32)")
+    t.add_argument("--seq-len", type=int, help="characters per BPTT chunk (default 200)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
+    t.add_argument("--answer-weight", type=float, help="loss weight of answer characters (default 3)")
+    t.add_argument("--steps", type=int, help="stop after this many steps (default 1500)")
+    t.add_argument("--minutes", type=float, help="stop after this many minutes, whichever comes first")
+    t.add_argument("--seed", type=int, help="random seed (default 0): same seed, same model on CPU")
+    t.add_argument("--checkpoint-every", type=int, help="write the checkpoint every N steps (default 200)")
+    t.add_argument("--eval-every", type=int, help="validate every N steps (default 250)")
+    t.add_argument("--resume", action="store_true", help="continue from --out's step, optimizer and RNG")
+    t.add_argument("--tokenizer", choices=["char", "bpe", "unigram"], help="tokenizer (default char)")
+    t.add_argument("--vocab-size", type=int, help="vocabulary size for bpe/unigram (default 2000)")
+    t.add_argument("--json", action="store_true", help="print a JSON summary on stdout at the end")
+
+    a = sub.add_parser("ask", help="ask questions; each argument is one turn of one conversation")
+    a.add_argument("questions", nargs="*", metavar="QUESTION")
+    a.add_argument("--checkpoint", help="checkpoint (default: $CONTEXTBOT_CHECKPOINT or checkpoints/gru.safetensors)")
+    a.add_argument("--no-carry", action="store_true", help="zero the state before every turn")
+    a.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    a.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
+    a.add_argument("--seed", type=int, default=0, help="seed for sampling")
+
+    e = sub.add_parser("eval", help="score context tracking by kind of conversation")
+    e.add_argument("--checkpoint", help="checkpoint (default: $CONTEXTBOT_CHECKPOINT or checkpoints/gru.safetensors)")
+    e.add_argument("--seed", type=int, help="conversation seed (default: one training never uses)")
+    e.add_argument("--per-category", type=int, default=200, help="conversations per category (default 200)")
+    e.add_argument("--facts", help="facts file (default corpus/facts.json)")
+    e.add_argument("--valid", help="corpus for validation bits per character (default corpus/valid.txt)")
+    e.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    c = sub.add_parser("corpus", help="build or check a corpus")
+    csub = c.add_subparsers(dest="corpus_command", metavar="ACTION", parser_class=Parser)
+    b = csub.add_parser("build", help="write corpus/train.txt and valid.txt from a facts file")
+    b.add_argument("--facts", help="facts file (default corpus/facts.json)")
+    b.add_argument("--seed", type=int, default=1, help="generator seed (default 1)")
+    b.add_argument("--out-dir", help="where to write (default: beside the facts file)")
+    k = csub.add_parser("check", help="validate a corpus and print its statistics")
+    k.add_argument("file")
+    return p
+
+
+def cmd_train(args) -> int:
+    from .train import main_json, options_from_args, train
+    if args.valid == "none":
+        args.valid = None
+        o = options_from_args(args)
+        o.valid = None
+    else:
+        o = options_from_args(args)
+    summary = train(o)
+    if o.json:
+        main_json(summary)
+    return 0
+
+
+def cmd_ask(args) -> int:
+    from .session import ChatSession
+    if args.temperature < 0:
+        raise ContextbotError("--temperature must be 0 or more")
+    session = ChatSession.load(args.checkpoint, carry=not args.no_carry,
+                               temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+
+    def reply(q: str) -> None:
+        try:
+            print(session.ask(q), flush=True)
+        except ValueError as exc:
+            raise ContextbotError(str(exc)) from None
+
+    if args.questions:
+        for q in args.questions:
+            reply(q)
+        return 0
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            try:
+                q = input("you> ")
+            except EOFError:
+                print()
+                return 0
+        else:
+            q = sys.stdin.readline()
+            if not q:
+                return 0
+        reply(q.rstrip("\n"))
+
+
+def cmd_eval(args) -> int:
+    from .report import run_eval
+    if args.per_category < 1:
+        raise ContextbotError("--per-category must be at least 1")
+    return run_eval(args)
+
+
+def cmd_corpus(args) -> int:
+    from . import corpus
+    if args.corpus_command == "build":
+        train, valid = corpus.build(args.facts or corpus.DEFAULT_FACTS, seed=args.seed,
+                                    out_dir=args.out_dir)
+        for path in (train, valid):
+            s = corpus.check(path)
+            print(f"wrote {path}: {s.conversations} conversations, {s.turns} turns, "
+                  f"{s.characters} characters")
+        return 0
+    if args.corpus_command == "check":
+        s = corpus.check(args.file)
+        alphabet = "".join(sorted(s.alphabet))
+        print(f"{args.file}: ok")
+        print(f"conversations  {s.conversations}")
+        print(f"turns          {s.turns}")
+        print(f"characters     {s.characters}")
+        print(f"alphabet       {len(alphabet)} characters: {alphabet!r}")
+        print(f"sha256         {s.sha256}")
+        return 0
+    raise ContextbotError("corpus needs an action: build or check (see 'contextbot corpus --help')")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return {"train": cmd_train, "ask": cmd_ask, "eval": cmd_eval,
+                "corpus": cmd_corpus}[args.command](args)
+    except ContextbotError as exc:
+        print(f"contextbot: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def entry() -> None:
+    sys.exit(main())

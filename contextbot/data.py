@@ -1,0 +1,119 @@
+"""Turning conversations into batches for truncated backpropagation through time (BPTT).
+
+The corpus is laid out as `batch` parallel *streams*. Each stream is a sequence of whole
+conversations, and each conversation is padded to a whole number of `seq_len` chunks, so that
+every conversation starts at the beginning of a chunk. Training walks the streams chunk by chunk,
+carrying the hidden state from one chunk to the next (detached, so gradients stop at the chunk
+edge) and zeroing it where a new conversation starts. That makes the state a conversation starts
+from in training exactly the state `ChatSession.reset()` gives in chat: zeros.
+
+Each target token has a loss weight: `answer_weight` for the characters of the bot's answers (what
+chat generates), 1 for the rest (the questions), 0 for padding.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from .corpus import Conversation
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class Encoded:
+    """One conversation as model inputs, targets and per-target loss weights."""
+
+    inputs: list[int]
+    targets: list[int]
+    weights: list[float]
+    chars: list[int]  # characters each target token adds (for bits per *character*)
+
+
+def encode_conversation(conv: Conversation, tok: Tokenizer, answer_weight: float) -> Encoded:
+    """Encode `Q: q\\nA: ` and `answer\\n` separately, exactly as chat feeds and generates them."""
+    ids: list[int] = []
+    w: list[float] = []
+    for q, a in conv.turns:
+        prompt = tok.encode(f"Q: {q}\nA: ")
+        reply = tok.encode(f"{a}\n")
+        ids += prompt + reply
+        w += [1.0] * len(prompt) + [answer_weight] * len(reply)
+    return Encoded(ids[:-1], ids[1:], w[1:], [tok.char_count(t) for t in ids[1:]])
+
+
+@dataclass
+class Batch:
+    inputs: torch.Tensor  # (batch, seq_len) token ids
+    targets: torch.Tensor  # (batch, seq_len) token ids
+    weights: torch.Tensor  # (batch, seq_len) loss weights, 0 on padding
+    chars: torch.Tensor  # (batch, seq_len) characters per target, 0 on padding
+    keep: torch.Tensor  # (batch,) 0 where a conversation starts in this chunk: zero the state
+
+
+class Streams:
+    """All chunks of one epoch: conversations shuffled with (seed, epoch), dealt to the streams."""
+
+    def __init__(self, encoded: list[Encoded], batch: int, seq_len: int, seed: int, epoch: int):
+        order = list(range(len(encoded)))
+        random.Random(f"{seed}-{epoch}").shuffle(order)
+        streams: list[list[int]] = [[] for _ in range(batch)]
+        lengths = [0] * batch
+        for i in order:  # deal each conversation to the shortest stream so far
+            s = min(range(batch), key=lengths.__getitem__)
+            streams[s].append(i)
+            lengths[s] += -(-len(encoded[i].inputs) // seq_len)
+        self.num_chunks = max(lengths)
+        n = self.num_chunks * seq_len
+        self.inputs = torch.zeros(batch, n, dtype=torch.long)
+        self.targets = torch.zeros(batch, n, dtype=torch.long)
+        self.weights = torch.zeros(batch, n)
+        self.chars = torch.zeros(batch, n)
+        self.starts = torch.zeros(batch, self.num_chunks, dtype=torch.bool)
+        for s, convs in enumerate(streams):
+            pos = 0
+            for i in convs:
+                e = encoded[i]
+                k = len(e.inputs)
+                self.starts[s, pos // seq_len] = True
+                self.inputs[s, pos:pos + k] = torch.tensor(e.inputs)
+                self.targets[s, pos:pos + k] = torch.tensor(e.targets)
+                self.weights[s, pos:pos + k] = torch.tensor(e.weights)
+                self.chars[s, pos:pos + k] = torch.tensor(e.chars, dtype=torch.float)
+                pos += -(-k // seq_len) * seq_len
+            if pos < n:
+                self.starts[s, pos // seq_len] = True  # padding after the last one: a fresh state
+        self.seq_len = seq_len
+
+    def chunk(self, c: int) -> Batch:
+        sl = slice(c * self.seq_len, (c + 1) * self.seq_len)
+        return Batch(self.inputs[:, sl], self.targets[:, sl], self.weights[:, sl],
+                     self.chars[:, sl], (~self.starts[:, c]).float())
+
+
+class BatchSchedule:
+    """Maps a global training step to its chunk, across epochs, deterministically for a seed.
+
+    Step s of a run always sees the same batch, so a resumed run sees what an uninterrupted one
+    would have seen.
+    """
+
+    def __init__(self, encoded: list[Encoded], batch: int, seq_len: int, seed: int):
+        self.encoded, self.batch, self.seq_len, self.seed = encoded, batch, seq_len, seed
+        self._epoch, self._streams, self._first = -1, None, 0
+
+    def get(self, step: int) -> Batch:
+        if self._streams is None or step < self._first:
+            self._epoch, self._first = 0, 0
+            self._streams = Streams(self.encoded, self.batch, self.seq_len, self.seed, 0)
+        while step >= self._first + self._streams.num_chunks:
+            self._first += self._streams.num_chunks
+            self._epoch += 1
+            self._streams = Streams(self.encoded, self.batch, self.seq_len, self.seed, self._epoch)
+        return self._streams.chunk(step - self._first)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch

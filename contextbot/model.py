@@ -1,0 +1,158 @@
+"""The recurrent language model: embedding -> RNN / GRU / LSTM -> linear to the vocabulary.
+
+The model holds no conversation state. `forward(tokens, state)` takes the state the caller
+carries and returns the new one, exactly like PyTorch's word_language_model; whoever talks to
+the model (training, `ChatSession`) owns the hidden state.
+
+The three cells, as the seeds explain them:
+
+- **rnn**: h_t = tanh(W x_t + U h_{t-1} + b). One matrix decides everything, so a gradient
+  flowing back through many steps is multiplied by U again and again and fades (vanishes).
+- **gru**: an *update* gate z decides how much of h_{t-1} to keep, a *reset* gate r how much
+  of it to use when proposing the candidate n:
+  r = σ(W_r x + U_r h + b_r), z = σ(W_z x + U_z h + b_z),
+  n = tanh(W_n x + r ⊙ (U_n h + b_hn)), h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}.
+  With z near 1 the state is copied unchanged, and so is its gradient.
+- **lstm**: a separate cell c with *forget*, *input* and *output* gates:
+  c_t = f ⊙ c_{t-1} + i ⊙ g, h_t = o ⊙ tanh(c_t).
+
+**Chrono initialisation** (Tallec and Ollivier, 2018): a gate that starts near 0.5 forgets half
+of its memory each step, so at first nothing survives more than a few characters and the model
+never discovers long dependencies. Setting the keep-gate bias to log(U(1, T_max − 1)) gives each
+unit a characteristic memory time between 1 and T_max steps from the very first update.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from .errors import ContextbotError
+
+CELLS = ("rnn", "gru", "lstm")
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the network; stored as JSON in every checkpoint."""
+
+    vocab_size: int
+    cell: str = "gru"
+    embed: int = 64
+    hidden: int = 256
+    layers: int = 1
+    dropout: float = 0.0
+    chrono_tmax: float = 400.0  # 0 disables chrono initialisation
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ContextbotError(f"unknown cell {self.cell!r} (choose from {', '.join(CELLS)})")
+        for name in ("vocab_size", "embed", "hidden", "layers"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ContextbotError(f"model config: {name} must be a positive integer")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ContextbotError("model config: dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ContextbotError(f"model config has unknown fields: {', '.join(sorted(unknown))}")
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise ContextbotError(f"model config is incomplete: {exc}") from None
+
+
+class RecurrentLM(nn.Module):
+    """A character-level (or piece-level) recurrent language model."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.embedding = nn.Embedding(c.vocab_size, c.embed)
+        rnn_cls = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[c.cell]
+        self.rnn = rnn_cls(c.embed, c.hidden, num_layers=c.layers, batch_first=True,
+                           dropout=c.dropout if c.layers > 1 else 0.0)
+        self.drop = nn.Dropout(c.dropout)
+        self.head = nn.Linear(c.hidden, c.vocab_size)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """PyTorch's default initialisation, then chrono initialisation of the gate biases."""
+        c = self.config
+        if c.chrono_tmax <= 1 or c.cell == "rnn":
+            return
+        h = c.hidden
+        with torch.no_grad():
+            for layer in range(c.layers):
+                b_ih = getattr(self.rnn, f"bias_ih_l{layer}")
+                b_hh = getattr(self.rnn, f"bias_hh_l{layer}")
+                # log(U(1, T_max - 1)): a memory time between 1 and T_max characters per unit.
+                keep = torch.log(torch.empty(h).uniform_(1.0, c.chrono_tmax - 1.0, generator=generator))
+                if c.cell == "gru":
+                    # PyTorch's GRU packs gates as (reset, update, new); z = update keeps h_{t-1}.
+                    b_ih[h:2 * h] = keep
+                    b_hh[h:2 * h] = 0.0
+                else:
+                    # LSTM packs (input, forget, cell, output): forget keeps c_{t-1}, input = -forget.
+                    b_ih[h:2 * h] = keep
+                    b_hh[h:2 * h] = 0.0
+                    b_ih[0:h] = -keep
+                    b_hh[0:h] = 0.0
+
+    def zero_state(self, batch: int = 1, device: torch.device | str = "cpu") -> State:
+        """The state a conversation starts from: all zeros, (layers, batch, hidden)."""
+        c = self.config
+        h = torch.zeros(c.layers, batch, c.hidden, device=device)
+        return (h, torch.zeros_like(h)) if c.cell == "lstm" else h
+
+    def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """tokens (batch, seq) -> logits (batch, seq, vocab), and the state after the last token."""
+        x = self.drop(self.embedding(tokens))  # (batch, seq, embed)
+        out, state = self.rnn(x, state)  # (batch, seq, hidden)
+        return self.head(self.drop(out)), state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between truncated-BPTT chunks: keep the values, drop the history."""
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()
+
+
+def mask_state(state: State, keep: torch.Tensor) -> State:
+    """Zero the state of the streams where `keep` (batch,) is 0: a new conversation starts there."""
+    k = keep.view(1, -1, 1)
+    if isinstance(state, tuple):
+        return tuple(s * k for s in state)
+    return state * k
+
+
+def hidden_of(state: State) -> torch.Tensor:
+    """The h part of a state, (layers, batch, hidden): for an LSTM, h rather than the cell c."""
+    return state[0] if isinstance(state, tuple) else state
+
+
+def layer_norms(state: State) -> tuple[float, ...]:
+    """‖h‖ per layer for the first (or only) stream of a state."""
+    h = hidden_of(state)
+    return tuple(float(x) for x in torch.linalg.vector_norm(h[:, 0], dim=-1))
+
+
+def initial_loss(vocab_size: int) -> float:
+    """The loss of a model that knows nothing: ln(vocab), in nats."""
+    return math.log(vocab_size)

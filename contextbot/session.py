@@ -1,0 +1,152 @@
+"""`ChatSession`: a conversation with a checkpoint, carrying the hidden state from turn to turn.
+
+This is the API every tool uses (the CLI, the terminal UI, the evaluation, the inspector):
+
+    from contextbot import ChatSession
+    s = ChatSession.load()               # checkpoints/gru.safetensors by default
+    s.ask("Who is Tom Cruise?")          # 'He is an American actor.'
+    s.ask("Where does he live?")         # 'He lives in Beverly Hills.' -- the state remembered him
+    s.reset()                            # forget: the state a training conversation starts from
+    s.carry = False                      # every turn from a zeroed state: the stateless comparison
+
+A turn feeds `Q: {text}\\nA: ` in one forward call on top of the carried state, then generates
+one token at a time until the end of the line, and feeds that newline too, so the bot's own reply
+becomes part of what it remembers. The model itself is stateless; the session owns the state.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from . import checkpoint, gates
+from .corpus import REPO
+from .model import State, layer_norms
+
+DEFAULT_CHECKPOINT = REPO / "checkpoints" / "gru.safetensors"
+MAX_QUESTION = 1000  # characters; longer input is refused
+MAX_REPLY = 300  # tokens; a reply stops here even without a newline
+
+
+class StreamStep(NamedTuple):
+    """One generated character and the per-layer ‖h‖ right after the model produced it."""
+
+    char: str
+    norms: tuple[float, ...]
+
+
+def clean_question(text: str) -> str:
+    """Drop control and format characters (escape sequences, bidi marks, NUL); newlines and tabs
+    become spaces. Raise ValueError if what is left is too long."""
+    if not isinstance(text, str):
+        raise ValueError("a question must be a string")
+    text = "".join(" " if ch in "\t\n\r\v\f" else ch for ch in text)
+    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("C")).strip()
+    if len(text) > MAX_QUESTION:
+        raise ValueError(f"question is too long ({len(text)} characters; at most {MAX_QUESTION})")
+    return text
+
+
+def default_checkpoint() -> Path:
+    """`$CONTEXTBOT_CHECKPOINT` if set, else the repository's checkpoints/gru.safetensors."""
+    env = os.environ.get("CONTEXTBOT_CHECKPOINT")
+    return Path(env) if env else DEFAULT_CHECKPOINT
+
+
+class ChatSession:
+    """A chat over one checkpoint; holds the carried hidden state (the model holds none)."""
+
+    def __init__(self, ckpt: checkpoint.Checkpoint, *, carry: bool = True, temperature: float = 0.0,
+                 top_k: int | None = None, seed: int = 0):
+        self.checkpoint = ckpt
+        self.model = ckpt.model.eval()
+        self.tokenizer = ckpt.tokenizer
+        self.device = next(self.model.parameters()).device
+        self.carry = carry
+        self.temperature = temperature
+        self.top_k = top_k
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.chars_seen = 0  # characters of context fed since the last reset
+        self.state: State = self.model.zero_state(1, self.device)
+        self._last: tuple[State, int] | None = None  # (state before, token) of the last step
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **kwargs) -> "ChatSession":
+        """Load a checkpoint (None: `$CONTEXTBOT_CHECKPOINT`, else checkpoints/gru.safetensors)."""
+        return cls(checkpoint.load(path if path is not None else default_checkpoint()), **kwargs)
+
+    # -- state --------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget everything: the all-zero state that every training conversation starts from."""
+        self.state = self.model.zero_state(1, self.device)
+        self.chars_seen = 0
+        self._last = None
+
+    def norms(self) -> tuple[float, ...]:
+        """‖h‖ per layer of the current state."""
+        return layer_norms(self.state)
+
+    # -- talking ------------------------------------------------------------------------------
+    def ask(self, text: str) -> str:
+        """One turn: the reply, without its `A: ` and newline."""
+        return "".join(step.char for step in self.stream(text))
+
+    def stream(self, text: str) -> Iterator[StreamStep]:
+        """One turn, yielding each character of the reply as it is generated.
+
+        The question is validated here, before anything is fed, so a refused question raises
+        ValueError at once and leaves the state untouched. Stopping the iteration early (a UI's
+        Escape) still leaves a consistent state: the newline is fed in the `finally` clause.
+        """
+        return self._generate(clean_question(text))
+
+    @torch.inference_mode()
+    def _generate(self, question: str) -> Iterator[StreamStep]:
+        if not self.carry:
+            self.reset()
+        tok, model = self.tokenizer, self.model
+        prompt = torch.tensor([tok.encode(f"Q: {question}\nA: ")], device=self.device)
+        logits, self.state = model(prompt, self.state)  # the whole question in one call
+        self.chars_seen += len(question) + 7
+        decoder = tok.decoder()
+        try:
+            for _ in range(MAX_REPLY):
+                nxt = self._pick(logits[0, -1])
+                if nxt == tok.newline_id:
+                    break
+                self._last = (self.state, nxt)
+                logits, self.state = model(torch.tensor([[nxt]], device=self.device), self.state)
+                text_piece = decoder.push(nxt)
+                self.chars_seen += len(text_piece)
+                norms = layer_norms(self.state)
+                for ch in text_piece:
+                    yield StreamStep(ch, norms)
+            for ch in decoder.flush():
+                yield StreamStep(ch, layer_norms(self.state))
+        finally:
+            # The reply's newline is part of the conversation, as it was in training.
+            _, self.state = model(torch.tensor([[tok.newline_id]], device=self.device), self.state)
+            self.chars_seen += 1
+
+    def trace_last(self) -> "gates.StepTrace | None":
+        """Recompute the last generated character by hand from the layer weights, returning its
+        gates (see `contextbot.gates`). None before the first generated character."""
+        if self._last is None:
+            return None
+        return gates.step(self.model, self._last[1], self._last[0])
+
+    def _pick(self, logits: torch.Tensor) -> int:
+        """Greedy at temperature 0; otherwise sample (optionally from the top k) with the
+        session's seeded generator."""
+        if self.temperature <= 0:
+            return int(logits.argmax())
+        logits = logits.float() / self.temperature
+        if self.top_k:
+            v, i = logits.topk(min(self.top_k, logits.numel()))
+            return int(i[torch.multinomial(v.softmax(-1), 1, generator=self.generator)])
+        return int(torch.multinomial(logits.softmax(-1), 1, generator=self.generator))

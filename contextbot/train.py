@@ -1,0 +1,282 @@
+"""`contextbot train`: truncated BPTT over parallel streams, with exact resume.
+
+One readable loop: batch, reset the state where conversations start, forward, weighted loss,
+backward, clip, step, detach, log, evaluate, checkpoint, stop. Everything a resumed run needs to
+continue bit for bit on CPU (Adam's moments, the carried state, the RNG, the step) is saved in the
+checkpoint; the batch for a step is a pure function of (seed, step), so it need not be saved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from . import checkpoint
+from .corpus import CorpusStats, DEFAULT_TRAIN, DEFAULT_VALID, read_conversations
+from .data import BatchSchedule, Encoded, Streams, encode_conversation
+from .errors import ContextbotError
+from .model import ModelConfig, RecurrentLM, State, detach_state, mask_state
+from .tokenizer import Tokenizer
+
+LN2 = math.log(2)
+
+
+@dataclass
+class TrainOptions:
+    """The recipe. These defaults are the shipped GRU's recipe (see README, "Training")."""
+
+    corpus: str = str(DEFAULT_TRAIN)
+    valid: str | None = str(DEFAULT_VALID)
+    out: str = "checkpoints/model.safetensors"
+    cell: str = "gru"
+    hidden: int = 256
+    layers: int = 1
+    embed: int = 64
+    dropout: float = 0.0
+    batch: int = 32
+    seq_len: int = 200
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 30
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    answer_weight: float = 3.0
+    chrono_tmax: float = 400.0
+    steps: int = 1500
+    minutes: float | None = None
+    seed: int = 0
+    checkpoint_every: int = 200
+    eval_every: int = 250
+    tokenizer: str = "char"
+    vocab_size: int = 2000
+    resume: bool = False
+    json: bool = False
+
+    # Options that shape the model or the data: fixed by the checkpoint when resuming.
+    RECIPE = ("cell", "hidden", "layers", "embed", "dropout", "batch", "seq_len", "lr",
+              "min_lr_ratio", "warmup", "weight_decay", "clip", "answer_weight", "chrono_tmax",
+              "seed", "tokenizer", "vocab_size")
+
+    def recipe(self) -> dict:
+        return {k: getattr(self, k) for k in self.RECIPE}
+
+    def validate(self) -> None:
+        for name in ("hidden", "layers", "embed", "batch", "seq_len", "steps", "checkpoint_every",
+                     "eval_every", "warmup", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise ContextbotError(f"--{name.replace('_', '-')} must be at least 1")
+        if not self.lr > 0:
+            raise ContextbotError("--lr must be positive")
+        if self.minutes is not None and not self.minutes > 0:
+            raise ContextbotError("--minutes must be positive")
+        if not 0 <= self.dropout < 1:
+            raise ContextbotError("--dropout must be in [0, 1)")
+
+
+def learning_rate(o: TrainOptions, step: int) -> float:
+    """Linear warm-up, then cosine decay from lr to lr * min_lr_ratio at `steps`."""
+    if step < o.warmup:
+        return o.lr * (step + 1) / o.warmup
+    t = min(1.0, (step - o.warmup) / max(1, o.steps - o.warmup))
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def load_corpus(path: str) -> tuple[list, CorpusStats]:
+    stats = CorpusStats()
+    convs = list(read_conversations(path, stats))
+    return convs, stats
+
+
+def evaluate_bpc(model: RecurrentLM, encoded: list[Encoded], device: torch.device) -> float:
+    """Validation bits per character: every conversation from a zero state, no dropout."""
+    streams = Streams(encoded, batch=min(64, len(encoded)), seq_len=512, seed=0, epoch=0)
+    nats = chars = 0.0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        state = None
+        for c in range(streams.num_chunks):
+            b = streams.chunk(c)
+            if state is not None:
+                state = mask_state(state, b.keep.to(device))
+            logits, state = model(b.inputs.to(device), state)
+            ce = F.cross_entropy(logits.flatten(0, 1), b.targets.to(device).flatten(), reduction="none")
+            nats += float((ce * (b.weights.to(device).flatten() > 0)).sum())
+            chars += float(b.chars.sum())
+    model.train(was_training)
+    return nats / max(chars, 1.0) / LN2
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, s in opt.state_dict()["state"].items():
+        for k, v in s.items():
+            out[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return out
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, i, k = key.split(".", 2)
+            state.setdefault(int(i), {})[k] = v
+    if len(state) != len(sd["param_groups"][0]["params"]):
+        raise ContextbotError("checkpoint has no complete optimizer state to resume from")
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def _state_tensors(state: State | None) -> dict[str, torch.Tensor]:
+    if state is None:
+        return {}
+    if isinstance(state, tuple):
+        return {"state_h": state[0], "state_c": state[1]}
+    return {"state_h": state}
+
+
+def train(o: TrainOptions, console: Console | None = None) -> dict:
+    """Train (or resume) and return the summary that `--json` prints."""
+    console = console or Console(stderr=True)
+    o.validate()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(o.out)
+
+    # -- data ---------------------------------------------------------------------------------
+    convs, stats = load_corpus(o.corpus)
+    resumed = None
+    if o.resume:
+        if not out.exists():
+            raise ContextbotError(f"{out}: nothing to resume (no such checkpoint)")
+        resumed = checkpoint.load(out)
+        saved = resumed.train_options
+        if "recipe" not in saved:
+            raise ContextbotError(f"{out}: checkpoint has no training state to resume from")
+        if resumed.metadata.get("corpus_sha256") != stats.sha256:
+            raise ContextbotError(f"{out}: was trained on a different corpus than {o.corpus}")
+        for k, v in saved["recipe"].items():
+            setattr(o, k, v)
+        tok = resumed.tokenizer
+    else:
+        lines = (f"{p}{t}" for c in convs for q, a in c.turns for p, t in (("Q: ", q), ("A: ", a)))
+        tok = Tokenizer.train(lines, kind=o.tokenizer, vocab_size=o.vocab_size)
+    encoded = [encode_conversation(c, tok, o.answer_weight) for c in convs]
+    valid_encoded = None
+    if o.valid:
+        valid_encoded = [encode_conversation(c, tok, 1.0) for c in read_conversations(o.valid)]
+    schedule = BatchSchedule(encoded, o.batch, o.seq_len, o.seed)
+
+    # -- model and optimizer ------------------------------------------------------------------
+    torch.manual_seed(o.seed)
+    config = ModelConfig(vocab_size=tok.vocab_size, cell=o.cell, embed=o.embed, hidden=o.hidden,
+                         layers=o.layers, dropout=o.dropout, chrono_tmax=o.chrono_tmax)
+    model = RecurrentLM(config).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    start, state = 0, None
+    if resumed is not None:
+        model.load_state_dict(resumed.model.state_dict())
+        _restore_optimizer(opt, resumed.train_tensors)
+        start = resumed.step
+        t = resumed.train_tensors
+        if "state_h" in t:
+            state = (t["state_h"].to(device), t["state_c"].to(device)) if "state_c" in t else t["state_h"].to(device)
+        if "rng" in t:
+            torch.set_rng_state(t["rng"])
+    model.train()
+
+    def save(step: int) -> None:
+        tensors = _optimizer_tensors(opt) | _state_tensors(state)
+        tensors["rng"] = torch.get_rng_state()
+        checkpoint.save(out, model, tok, step=step, corpus_sha256=stats.sha256,
+                        train_options={"recipe": o.recipe(), "steps": o.steps, "corpus": o.corpus},
+                        train_tensors=tensors)
+
+    # -- the loop -----------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    deadline = t0 + o.minutes * 60 if o.minutes else None
+    step, chars_seen, recent, valid_bpc = start, 0, [], None
+    progress = Progress(TextColumn("step {task.completed:.0f}/{task.total:.0f}"), BarColumn(),
+                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                        console=console, transient=False, disable=o.json and not console.is_terminal)
+    task = progress.add_task("train", total=o.steps, completed=start, info="")
+    interrupted = False
+    try:
+        with progress:
+            while step < o.steps and (deadline is None or time.perf_counter() < deadline):
+                b = schedule.get(step)
+                x, y = b.inputs.to(device), b.targets.to(device)
+                w, keep = b.weights.to(device), b.keep.to(device)
+                if state is not None:
+                    state = mask_state(state, keep)  # new conversations start from zeros
+                for g in opt.param_groups:
+                    g["lr"] = learning_rate(o, step)
+
+                logits, state = model(x, state)  # (batch, seq, vocab)
+                ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(w)
+                loss = (ce * w).sum() / w.sum().clamp_min(1e-8)
+
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip)
+                opt.step()
+                state = detach_state(state)  # truncated BPTT: keep the values, cut the graph
+                step += 1
+
+                n_chars = float(b.chars.sum())
+                chars_seen += n_chars
+                recent = (recent + [float((ce.detach() * (w > 0)).sum()) / max(n_chars, 1) / LN2])[-50:]
+                elapsed = time.perf_counter() - t0
+                if valid_encoded and (step % o.eval_every == 0 or step == o.steps):
+                    valid_bpc = evaluate_bpc(model, valid_encoded, device)
+                info = (f"loss {sum(recent) / len(recent):.3f} bpc  "
+                        f"{chars_seen / elapsed:,.0f} chars/s"
+                        + (f"  valid {valid_bpc:.3f} bpc" if valid_bpc is not None else ""))
+                progress.update(task, completed=step, info=info)
+                if step % o.checkpoint_every == 0:
+                    save(step)
+    except KeyboardInterrupt:
+        interrupted = True
+    save(step)
+    seconds = time.perf_counter() - t0
+    if interrupted:
+        console.print(f"interrupted at step {step}; saved {out}. Resume with: "
+                      f"contextbot train --corpus {o.corpus} --out {out} --steps {o.steps} --resume")
+        raise SystemExit(130)
+    if valid_encoded and valid_bpc is None:
+        valid_bpc = evaluate_bpc(model, valid_encoded, device)
+    summary = {
+        "steps": step, "chars": int(chars_seen), "seconds": round(seconds, 2),
+        "chars_per_sec": round(chars_seen / max(seconds, 1e-9), 1),
+        "train_bpc": round(sum(recent) / len(recent), 4) if recent else None,
+        "valid_bpc": round(valid_bpc, 4) if valid_bpc is not None else None,
+        "config": {"cell": o.cell, "vocab_size": tok.vocab_size, "embed": o.embed,
+                   "hidden": o.hidden, "layers": o.layers, "batch": o.batch, "seq_len": o.seq_len},
+    }
+    if not o.json:
+        console.print(f"saved {out} at step {step} ({seconds:.0f} s, "
+                      f"{summary['chars_per_sec']:,.0f} chars/s, valid {summary['valid_bpc']} bpc)")
+    return summary
+
+
+def options_from_args(args) -> TrainOptions:
+    """Build TrainOptions from argparse results, where None means 'use the default'."""
+    o = TrainOptions()
+    for k in asdict(o):
+        v = getattr(args, k, None)
+        if v is not None:
+            setattr(o, k, v)
+    return o
+
+
+def main_json(summary: dict) -> None:
+    sys.stdout.write(json.dumps(summary) + "\n")
