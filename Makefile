@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup chat test test-all checkpoints results clean
+.PHONY: setup chat test test-all checkpoints results figures clean
 
 setup: $(STAMP)
 
@@ -19,13 +19,21 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 chat: $(STAMP)
-	$(BIN)/contextbot ask
+	$(BIN)/contextbot chat
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''
+
+# The README's figures ("What the state remembers"), from the shipped checkpoints.
+FIGURE_CELLS := gru lstm rnn
+figures: $(STAMP)
+	mkdir -p docs
+	$(BIN)/contextbot inspect --checkpoint checkpoints/gru.safetensors --plot docs/seed-dialogue.png
+	$(BIN)/contextbot inspect --checkpoint checkpoints/gru.safetensors --units 'Megan Fox' --plot docs/units-megan-fox.png
+	$(BIN)/contextbot inspect --probe $(foreach c,$(FIGURE_CELLS),--checkpoint checkpoints/$(c).safetensors) --plot docs/probe.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -32,6 +32,8 @@ def build_parser() -> Parser:
     t.add_argument("--batch", type=int, help="parallel streams per step (default 32)")
     t.add_argument("--seq-len", type=int, help="characters per BPTT chunk (default 200)")
     t.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
+    t.add_argument("--chrono-tmax", type=float, help="chrono initialisation of the gate biases, in characters (default 400; 0 = off)")
+    t.add_argument("--chrono-fraction", type=float, help="share of units given chrono initialisation (default 0.5)")
     t.add_argument("--answer-weight", type=float, help="loss weight of answer characters (default 3)")
     t.add_argument("--steps", type=int, help="stop after this many steps (default 1500)")
     t.add_argument("--minutes", type=float, help="stop after this many minutes, whichever comes first")
@@ -51,6 +53,9 @@ def build_parser() -> Parser:
     a.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
     a.add_argument("--seed", type=int, default=0, help="seed for sampling")
 
+    ch = sub.add_parser("chat", help="chat in a terminal UI beside a live view of the hidden state")
+    ch.add_argument("--checkpoint", help="checkpoint (default: $CONTEXTBOT_CHECKPOINT or checkpoints/gru.safetensors)")
+
     e = sub.add_parser("eval", help="score context tracking by kind of conversation")
     e.add_argument("--checkpoint", help="checkpoint (default: $CONTEXTBOT_CHECKPOINT or checkpoints/gru.safetensors)")
     e.add_argument("--seed", type=int, help="conversation seed (default: one training never uses)")
@@ -67,6 +72,22 @@ def build_parser() -> Parser:
     b.add_argument("--out-dir", help="where to write (default: beside the facts file)")
     k = csub.add_parser("check", help="validate a corpus and print its statistics")
     k.add_argument("file")
+    i = sub.add_parser("inspect", help="show how the hidden state carries context from turn to turn")
+    i.add_argument("questions", nargs="*", metavar="QUESTION",
+                   help="one conversation, a turn per argument (default: the seed's Tom Cruise / Megan Fox dialogue)")
+    i.add_argument("--checkpoint", action="append",
+                   help="checkpoint (default: $CONTEXTBOT_CHECKPOINT or checkpoints/gru.safetensors); "
+                        "with --probe, repeat it to compare cells")
+    i.add_argument("--script", help="a file of questions, one per line")
+    i.add_argument("--plot", metavar="OUT.png", help="write a figure (.png, .svg or .pdf)")
+    i.add_argument("--json", action="store_true", help="print the whole trace as JSON")
+    mode = i.add_mutually_exclusive_group()
+    mode.add_argument("--units", metavar="TEXT",
+                      help="find the hidden units that are on over TEXT and show where they fire again")
+    mode.add_argument("--probe", action="store_true",
+                      help="how well a linear probe reads the referent from the state, by turns since the introduction")
+    i.add_argument("--conversations", type=int,
+                   help="--probe: generated conversations per checkpoint, a third held out (default 600)")
     return p
 
 
@@ -116,6 +137,24 @@ def cmd_ask(args) -> int:
         reply(q.rstrip("\n"))
 
 
+def cmd_chat(args) -> int:
+    """Open the Textual app. A path that does not exist fails here, in the shell, like a typo in
+    any other command; a file that exists but is damaged is reported on screen while loading, and
+    again here (exit 2) once the user quits."""
+    from pathlib import Path
+
+    from .session import default_checkpoint
+    from .ui.app import ChatApp
+    path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    if not path.exists():
+        raise ContextbotError(f"{path}: no such checkpoint")
+    app = ChatApp(path)
+    app.run()
+    if app.load_error:
+        raise ContextbotError(app.load_error)
+    return 0
+
+
 def cmd_eval(args) -> int:
     from .report import run_eval
     if args.per_category < 1:
@@ -146,6 +185,11 @@ def cmd_corpus(args) -> int:
     raise ContextbotError("corpus needs an action: build or check (see 'contextbot corpus --help')")
 
 
+def cmd_inspect(args) -> int:
+    from .inspect import run
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -154,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         return {"train": cmd_train, "ask": cmd_ask, "eval": cmd_eval,
-                "corpus": cmd_corpus}[args.command](args)
+                "corpus": cmd_corpus, "chat": cmd_chat, "inspect": cmd_inspect}[args.command](args)
     except ContextbotError as exc:
         print(f"contextbot: error: {exc}", file=sys.stderr)
         return 2

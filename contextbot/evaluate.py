@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .dialogue import HELD_OUT_QUESTIONS, INTRO_FORMS, Talk, Turn
 from .facts import ATTRIBUTES, Entity
-from .session import ChatSession
+from .session import BatchSession, ChatSession
 
 # (key, label). The order is the table's order.
 CATEGORIES = [
@@ -160,34 +160,29 @@ class Result:
         return self.right / self.total if self.total else 0.0
 
 
-def run(session: ChatSession, items: list[Item], progress=None) -> tuple[dict[str, Result], dict[int, Result]]:
-    """Talk every item through the session; return results by category and by distance."""
+def run(session: ChatSession, items: list[Item], batch: int = 512) -> tuple[dict[str, Result], dict[int, Result]]:
+    """Talk every item through the model (many conversations at once, with `BatchSession`, which
+    follows ChatSession's protocol exactly); return results by category and by distance."""
     by_cat = {k: Result() for k, _ in CATEGORIES}
     by_dist: dict[int, Result] = {}
-    carry = session.carry
-    session.carry = True
-    try:
-        for item in items:
-            session.reset()
-            for i, turn in enumerate(item.turns):
-                if i in item.zero_before:
-                    session.reset()
-                reply = session.ask(turn.question)
-                if i in item.scored:
-                    ok = is_right(reply, turn)
-                    res = by_cat[item.category]
-                    res.total += 1
-                    res.right += ok
-                    if not ok and len(res.examples) < 3:
-                        res.examples.append((turn.question, reply, turn.answer))
-                    if item.distance is not None and item.category in ("near", "far"):
-                        d = by_dist.setdefault(item.distance, Result())
-                        d.total += 1
-                        d.right += ok
-            if progress:
-                progress()
-    finally:
-        session.carry = carry
+    talker = BatchSession(session)
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        replies = talker.run([[t.question for t in it.turns] for it in chunk],
+                             [it.zero_before for it in chunk])
+        for item, item_replies in zip(chunk, replies):
+            for i in sorted(item.scored):
+                turn, reply = item.turns[i], item_replies[i]
+                ok = is_right(reply, turn)
+                res = by_cat[item.category]
+                res.total += 1
+                res.right += ok
+                if not ok and len(res.examples) < 3:
+                    res.examples.append((turn.question, reply, turn.answer))
+                if item.distance is not None and item.category in ("near", "far"):
+                    d = by_dist.setdefault(item.distance, Result())
+                    d.total += 1
+                    d.right += ok
     return by_cat, dict(sorted(by_dist.items()))
 
 

@@ -7,7 +7,6 @@ import sys
 import time
 
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from . import evaluate
@@ -23,17 +22,13 @@ def valid_bpc(session: ChatSession, path) -> float:
     return evaluate_bpc(session.model, enc, session.device)
 
 
-def evaluate_checkpoint(path=None, seed=None, per_category=200, facts=None, valid=None,
-                        console: Console | None = None) -> dict:
+def evaluate_checkpoint(path=None, seed=None, per_category=200, facts=None, valid=None) -> dict:
     """Everything `contextbot eval --json` prints, as a dict."""
     session = ChatSession.load(path)
     entities = load_facts(facts or DEFAULT_FACTS)
     items = evaluate.generate(entities, seed if seed is not None else evaluate.EVAL_SEED, per_category)
     t0 = time.perf_counter()
-    console = console or Console(stderr=True)
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task("talking", total=len(items))
-        by_cat, by_dist = evaluate.run(session, items, lambda: progress.advance(task))
+    by_cat, by_dist = evaluate.run(session, items)
     ck = session.checkpoint
     return {
         "checkpoint": str(ck.path),

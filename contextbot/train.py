@@ -51,6 +51,7 @@ class TrainOptions:
     clip: float = 1.0
     answer_weight: float = 3.0
     chrono_tmax: float = 400.0
+    chrono_fraction: float = 0.5
     steps: int = 1500
     minutes: float | None = None
     seed: int = 0
@@ -64,6 +65,7 @@ class TrainOptions:
     # Options that shape the model or the data: fixed by the checkpoint when resuming.
     RECIPE = ("cell", "hidden", "layers", "embed", "dropout", "batch", "seq_len", "lr",
               "min_lr_ratio", "warmup", "weight_decay", "clip", "answer_weight", "chrono_tmax",
+              "chrono_fraction",
               "seed", "tokenizer", "vocab_size")
 
     def recipe(self) -> dict:
@@ -179,7 +181,8 @@ def train(o: TrainOptions, console: Console | None = None) -> dict:
     # -- model and optimizer ------------------------------------------------------------------
     torch.manual_seed(o.seed)
     config = ModelConfig(vocab_size=tok.vocab_size, cell=o.cell, embed=o.embed, hidden=o.hidden,
-                         layers=o.layers, dropout=o.dropout, chrono_tmax=o.chrono_tmax)
+                         layers=o.layers, dropout=o.dropout, chrono_tmax=o.chrono_tmax,
+                         chrono_fraction=o.chrono_fraction)
     model = RecurrentLM(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
     start, state = 0, None
@@ -194,11 +197,16 @@ def train(o: TrainOptions, console: Console | None = None) -> dict:
             torch.set_rng_state(t["rng"])
     model.train()
 
+    seconds_before = resumed.train_options.get("seconds", 0.0) if resumed is not None else 0.0
+
     def save(step: int) -> None:
         tensors = _optimizer_tensors(opt) | _state_tensors(state)
         tensors["rng"] = torch.get_rng_state()
+        seconds = seconds_before + time.perf_counter() - t0  # all runs of this model together
         checkpoint.save(out, model, tok, step=step, corpus_sha256=stats.sha256,
-                        train_options={"recipe": o.recipe(), "steps": o.steps, "corpus": o.corpus},
+                        train_options={"recipe": o.recipe(), "steps": o.steps, "corpus": o.corpus,
+                                       "seconds": round(seconds, 1), "device": str(device),
+                                       "threads": torch.get_num_threads()},
                         train_tensors=tensors)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -238,6 +246,9 @@ def train(o: TrainOptions, console: Console | None = None) -> dict:
                 elapsed = time.perf_counter() - t0
                 if valid_encoded and (step % o.eval_every == 0 or step == o.steps):
                     valid_bpc = evaluate_bpc(model, valid_encoded, device)
+                    progress.console.print(
+                        f"step {step}: train {sum(recent) / len(recent):.3f} bpc, valid "
+                        f"{valid_bpc:.3f} bpc, {chars_seen / elapsed:,.0f} chars/s", highlight=False)
                 info = (f"loss {sum(recent) / len(recent):.3f} bpc  "
                         f"{chars_seen / elapsed:,.0f} chars/s"
                         + (f"  valid {valid_bpc:.3f} bpc" if valid_bpc is not None else ""))

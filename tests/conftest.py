@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny models built in the test (for mechanics) and the shipped checkpoint
+(for the trained model's behaviour)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from contextbot import checkpoint
+from contextbot.model import ModelConfig, RecurrentLM
+from contextbot.tokenizer import Tokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED_GRU = REPO / "checkpoints" / "gru.safetensors"
+
+TINY_CORPUS = """Q: Who is Tom Cruise?
+A: He is an American actor.
+Q: Where does he live?
+A: He lives in Beverly Hills.
+
+Q: Who is Megan Fox?
+A: She is an American actress.
+Q: Where does she live?
+A: She lives in Los Angeles.
+"""
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path) -> Path:
+    p = tmp_path / "tiny.txt"
+    p.write_text(TINY_CORPUS, encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> Tokenizer:
+    return Tokenizer.train(TINY_CORPUS.splitlines())
+
+
+def make_model(tok: Tokenizer, cell: str = "gru", hidden: int = 16, layers: int = 1, seed: int = 0) -> RecurrentLM:
+    torch.manual_seed(seed)
+    return RecurrentLM(ModelConfig(vocab_size=tok.vocab_size, cell=cell, embed=8, hidden=hidden,
+                                   layers=layers)).eval()
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, tiny_tokenizer) -> Path:
+    """A randomly initialised GRU saved as a real checkpoint."""
+    p = tmp_path / "tiny.safetensors"
+    checkpoint.save(p, make_model(tiny_tokenizer), tiny_tokenizer, step=0)
+    return p
+
+
+@pytest.fixture(scope="session")
+def shipped_gru():
+    from contextbot import ChatSession
+    if not SHIPPED_GRU.exists():
+        pytest.fail(f"the shipped checkpoint {SHIPPED_GRU} is missing")
+    return ChatSession.load(SHIPPED_GRU)

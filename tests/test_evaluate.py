@@ -1,0 +1,92 @@
+import random
+
+import pytest
+
+from contextbot import ChatSession, evaluate
+from contextbot.corpus import DEFAULT_FACTS
+from contextbot.dialogue import Turn
+from contextbot.facts import load_facts
+from contextbot.session import BatchSession
+
+
+def test_scoring_needs_the_fact_and_rejects_the_other_persons():
+    turn = Turn("Where does she live?", "She lives in Los Angeles.", "fact",
+                expected=("Los Angeles",), forbidden=("Paris",))
+    assert evaluate.is_right("She lives in Los Angeles.", turn)
+    assert evaluate.is_right("she lives in los angeles", turn)  # case does not matter
+    assert not evaluate.is_right("She lives in Paris.", turn)  # the other person's fact
+    assert not evaluate.is_right("She lives in Los Angeles and Paris.", turn)  # both: wrong
+    assert not evaluate.is_right("Who do you mean?", turn)
+
+
+def test_categories_generate_what_they_claim():
+    entities = load_facts(DEFAULT_FACTS)
+    for key, _ in evaluate.CATEGORIES:
+        rng = random.Random(0)
+        for _ in range(30):
+            item = evaluate.make_item(key, rng, entities)
+            assert item.scored and max(item.scored) < len(item.turns)
+            if key == "far":
+                assert 4 <= item.distance <= 8
+                assert all(t.kind == "small_talk" for t in item.turns[1:-1])
+            if key == "near":
+                assert 0 <= item.distance <= 3
+            if key == "stateless":
+                assert item.zero_before == item.scored
+            if key == "switch":
+                last = item.turns[-1]
+                assert last.forbidden, "the earlier person's different fact must be forbidden"
+
+
+def test_eval_seed_differs_from_corpus_seeds():
+    assert evaluate.EVAL_SEED > 1000
+
+
+def test_batched_talk_equals_chat_session(tiny_checkpoint, shipped_gru):
+    entities = load_facts(DEFAULT_FACTS)
+    items = evaluate.generate(entities, seed=5, per_category=3)
+    for session in (ChatSession.load(tiny_checkpoint), shipped_gru):
+        convs = [[t.question for t in it.turns] for it in items]
+        zero = [it.zero_before for it in items]
+        batched = BatchSession(session).run(convs, zero)
+        for conv, z, replies in zip(convs, zero, batched):
+            session.reset()
+            one = []
+            for i, q in enumerate(conv):
+                if i in z:
+                    session.reset()
+                one.append(session.ask(q))
+            assert one == replies
+        session.reset()
+
+
+# -- the shipped GRU --------------------------------------------------------------------------
+
+def test_shipped_gru_passes_every_category(shipped_gru):
+    entities = load_facts(DEFAULT_FACTS)
+    items = evaluate.generate(entities, seed=77, per_category=20)
+    by_cat, _ = evaluate.run(shipped_gru, items)
+    for key, label in evaluate.CATEGORIES:
+        acc = by_cat[key].accuracy
+        if key == "stateless":
+            assert acc <= 0.10, label
+        elif key == "unseen":
+            assert acc >= 0.70, label
+        else:
+            assert acc >= 0.90, (label, by_cat[key].examples)
+
+
+def test_shipped_gru_seed_dialogue_is_right_at_every_turn(shipped_gru):
+    turns = evaluate.seed_dialogue(shipped_gru)
+    assert all(t["right"] for t in turns), turns
+
+
+def test_stateless_shipped_gru_gets_the_seed_pronoun_questions_wrong(shipped_gru):
+    shipped_gru.carry = False
+    try:
+        for q, expected in evaluate.SEED_DIALOGUE[2:]:
+            reply = shipped_gru.ask(q)
+            assert not any(x.lower() in reply.lower() for x in expected), (q, reply)
+    finally:
+        shipped_gru.carry = True
+        shipped_gru.reset()

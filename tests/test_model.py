@@ -1,0 +1,89 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from contextbot.model import ModelConfig, RecurrentLM, detach_state, mask_state
+
+from .conftest import make_model
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_shapes(tiny_tokenizer, cell, layers):
+    m = make_model(tiny_tokenizer, cell, hidden=12, layers=layers)
+    logits, state = m(torch.zeros(3, 7, dtype=torch.long))
+    assert logits.shape == (3, 7, tiny_tokenizer.vocab_size)
+    hs = state if cell != "lstm" else state[0]
+    assert hs.shape == (layers, 3, 12)
+    if cell == "lstm":
+        assert state[1].shape == (layers, 3, 12)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_feeding_ab_at_once_equals_a_then_b(tiny_tokenizer, cell):
+    m = make_model(tiny_tokenizer, cell, layers=2)
+    ab = torch.tensor([tiny_tokenizer.encode("ab")])
+    both, s_both = m(ab)
+    first, s1 = m(ab[:, :1])
+    second, s2 = m(ab[:, 1:], s1)
+    torch.testing.assert_close(torch.cat([first, second], 1), both)
+    torch.testing.assert_close(s2, s_both)
+
+
+def test_model_holds_no_state(tiny_tokenizer):
+    m = make_model(tiny_tokenizer)
+    x = torch.tensor([tiny_tokenizer.encode("Who is")])
+    a, _ = m(x)
+    m(torch.tensor([tiny_tokenizer.encode("something else")]))
+    b, _ = m(x)
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_tiny_model_overfits_one_batch(tiny_tokenizer, cell):
+    torch.manual_seed(0)
+    m = RecurrentLM(ModelConfig(vocab_size=tiny_tokenizer.vocab_size, cell=cell, embed=16, hidden=64))
+    ids = torch.tensor([tiny_tokenizer.encode("Q: Who is Tom Cruise?\nA: He is an American actor.\n")])
+    x, y = ids[:, :-1], ids[:, 1:]
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    first = None
+    for _ in range(150):
+        loss = F.cross_entropy(m(x)[0].flatten(0, 1), y.flatten())
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # The first loss is about ln(vocab): the model starts knowing nothing.
+    assert abs(first - math.log(tiny_tokenizer.vocab_size)) < 1.0
+    assert loss.item() < 0.05
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_detached_state_has_no_history(tiny_tokenizer, cell):
+    m = make_model(tiny_tokenizer, cell).train()
+    _, state = m(torch.zeros(2, 5, dtype=torch.long))
+    flat = state if isinstance(state, tuple) else (state,)
+    assert all(s.grad_fn is not None for s in flat)
+    d = detach_state(state)
+    flat = d if isinstance(d, tuple) else (d,)
+    assert all(s.grad_fn is None and not s.requires_grad for s in flat)
+
+
+def test_mask_state_zeroes_only_the_new_conversations(tiny_tokenizer):
+    m = make_model(tiny_tokenizer, "lstm")
+    _, state = m(torch.ones(3, 4, dtype=torch.long))
+    h, c = mask_state(state, torch.tensor([1.0, 0.0, 1.0]))
+    assert torch.all(h[:, 1] == 0) and torch.all(c[:, 1] == 0)
+    torch.testing.assert_close(h[:, 0], state[0][:, 0])
+
+
+def test_chrono_initialisation_sets_long_memory_biases(tiny_tokenizer):
+    torch.manual_seed(0)
+    m = RecurrentLM(ModelConfig(vocab_size=tiny_tokenizer.vocab_size, cell="gru", hidden=100,
+                                chrono_tmax=400, chrono_fraction=0.5))
+    z_bias = m.rnn.bias_ih_l0[100:200] + m.rnn.bias_hh_l0[100:200]
+    assert z_bias[:50].min() >= 0 and z_bias[:50].max() <= math.log(399) + 1e-5
+    assert z_bias[:50].mean() > 3  # most long-memory units keep > 95% of h per step
+    assert torch.all(z_bias[50:] == 0)
