@@ -137,7 +137,7 @@ def trace_turn(model: RecurrentLM, tok: Tokenizer, question: str, state: State) 
     reply_start = len(steps)
     for _ in range(MAX_REPLY):
         nxt = int(logits.argmax())  # greedy, as ChatSession at temperature 0
-        if nxt == tok.newline_id:
+        if nxt in tok.line_end_ids:
             break
         logits = feed(nxt, "reply", decoder.push(nxt))
     if len(steps) > reply_start:

@@ -122,7 +122,7 @@ class ChatSession:
         try:
             for _ in range(MAX_REPLY):
                 nxt = self._pick(logits[0, -1])
-                if nxt == tok.newline_id:
+                if nxt in tok.line_end_ids:
                     break
                 self._last = (self.state, nxt)
                 logits, self.state = _call(model, torch.tensor([[nxt]], device=self.device), self.state)
@@ -199,7 +199,7 @@ class BatchSession:
             done = torch.zeros(len(active), dtype=torch.bool, device=self.device)
             for _ in range(MAX_REPLY):
                 nxt = logits.argmax(-1)
-                done |= nxt == tok.newline_id
+                done |= torch.isin(nxt, torch.tensor(sorted(tok.line_end_ids), device=self.device))
                 if bool(done.all()):
                     break
                 for i in torch.nonzero(~done).flatten().tolist():

@@ -41,6 +41,10 @@ class Tokenizer:
         n = self.sp.get_piece_size()
         self.vocab_size = n
         self.newline_id = self.sp.piece_to_id("\n")
+        # Ids that end a reply line: the newline piece, and the byte piece <0x0A> that an
+        # undertrained model could emit instead.
+        self.line_end_ids = {self.newline_id} | {i for i in range(n) if self.sp.is_byte(i)
+                                                 and self.sp.id_to_piece(i) == "<0x0A>"}
         # What each id spells, for streaming one token at a time. Byte pieces ("<0xE2>") hold one
         # UTF-8 byte each and are joined by `Decoder`; every other piece is text.
         self.piece_text: list[str | None] = []

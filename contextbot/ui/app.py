@@ -1,0 +1,339 @@
+"""`ChatApp`: the conversation on the left, the live hidden state on the right.
+
+How the pieces talk (the one rule: only the event-loop thread touches widgets):
+
+    Input.Submitted ──> _reply_worker (a thread: @work(thread=True))
+                            │ run_turn(...) calls on_progress after each character
+                            ▼
+                        post_message(ReplyProgress)   (thread-safe; stale ones collapse)
+                            │
+    on_reply_progress <─────┘  (event-loop thread: updates the reply and the panel)
+    on_reply_finished <── post_message(ReplyFinished) at the end of the turn
+
+The model loads the same way (`_load_model` posts ModelLoaded or ModelFailed), so the window
+appears at once with a loading indicator. While a reply streams, `busy` locks the input and
+greys out the keys that would change the state under the worker's feet; Escape sets an Event
+that the worker polls after every character.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
+from textual.screen import ModalScreen
+from textual.widgets import Footer
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from ..session import ChatSession, clean_question
+from . import transcript as transcript_io
+from .conversation import BotReply, ChatLog
+from .help import HelpScreen
+from .history_input import HistoryInput
+from .messages import (ComparisonReady, ModelFailed, ModelLoaded, ReplyFinished, ReplyProgress,
+                       ReplyRefused)
+from .panel import CarryoverTable, StatePanel
+from .status import StatusLine
+from .streaming import run_turn, zeroed_answer
+from .timeline import Timeline
+
+#: Actions that need a loaded model (greyed out before it loads, or when it failed to).
+NEEDS_MODEL = {"forget", "toggle_carry", "compare", "save"}
+#: Actions greyed out while a reply streams: they would change the state, or the reply's line,
+#: under the worker's feet.
+NOT_WHILE_BUSY = NEEDS_MODEL | {"clear"}
+
+
+class ChatApp(App[None], inherit_bindings=False):
+    """The contextbot terminal UI (`contextbot chat`)."""
+
+    TITLE = "contextbot"
+    ENABLE_COMMAND_PALETTE = False  # every command is a key in the footer
+
+    # The layout only; every widget styles itself in its own DEFAULT_CSS.
+    CSS = """
+    #main { height: 1fr; }
+    #chat-column { width: 1fr; }
+    ChatLog { height: 1fr; }
+    HistoryInput { margin: 0 1; }
+    StatePanel { width: 45%; max-width: 90; border-left: vkey $foreground 20%; }
+    Screen.-narrow StatePanel { width: 38; }
+    Screen.-narrow SectionTitle { margin: 0; }
+    Screen.-narrow UnitHeatmap { height: 4; }
+    Screen.-wide UnitHeatmap { height: 10; }
+    Screen.-stacked #main { layout: vertical; }
+    Screen.-stacked #chat-column { height: 1fr; width: 1fr; }
+    Screen.-stacked StatePanel { width: 1fr; max-width: 100%; height: 40%; border-left: none;
+                                 border-top: hkey $foreground 20%; }
+    """
+
+    # Below 70 columns the panel goes under the chat; up to 120 it is a fixed narrow column.
+    HORIZONTAL_BREAKPOINTS = [(0, "-stacked"), (70, "-narrow"), (120, "-wide")]
+
+    # In footer order (inherit_bindings=False: App's own ctrl+q would otherwise come first).
+    BINDINGS = [
+        Binding("ctrl+r", "forget", "Forget", priority=True,
+                tooltip="Zero the hidden state; the log stays, marked with a divider."),
+        Binding("ctrl+t", "toggle_carry", "Memory", priority=True,
+                tooltip="Carry the memory across turns, or start every turn from zero."),
+        Binding("ctrl+d", "compare", "Compare", priority=True,
+                tooltip="Ask the last question again from a zeroed state, side by side."),
+        Binding("ctrl+s", "save", "Save", priority=True,
+                tooltip="Save the session as JSON in the current directory."),
+        Binding("ctrl+l", "clear", "Clear", priority=True),
+        Binding("escape", "stop", "Stop", priority=True),
+        Binding("f1", "help", "Help"),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("ctrl+c", "help_quit", show=False, system=True),  # "press ctrl+q to quit"
+    ]
+
+    busy: reactive[bool] = reactive(False, init=False)
+    """True while a worker is generating: the input is locked and the stateful keys greyed out."""
+
+    def __init__(self, checkpoint: str | Path | None = None):
+        """`checkpoint`: a path, or None for $CONTEXTBOT_CHECKPOINT / checkpoints/gru.safetensors."""
+        super().__init__()
+        self.checkpoint_path = checkpoint
+        self.session: ChatSession | None = None
+        self.load_error: str | None = None
+        self.timeline = Timeline()
+        self.transcript = transcript_io.Transcript()
+        self.turn = 0  # number of the turn being (or last) generated
+        self.last_saved: Path | None = None
+        self._stop = threading.Event()  # set by Escape / quit; polled by the reply worker
+        self._reply: BotReply | None = None
+        self._last_end = None  # the state that ended the previous turn (for the cosine)
+
+    # -- layout ---------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="main"):
+            with Vertical(id="chat-column"):
+                yield ChatLog(id="chat")
+                yield HistoryInput(placeholder="Ask something, e.g. Who is Tom Cruise?  (F1: help)",
+                                   id="question", disabled=True)
+            yield StatePanel(id="panel")
+        yield StatusLine(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(ChatLog).loading = True
+        self.query_one(StatePanel).loading = True
+        self._show_status()
+        self._load_model()
+
+    # -- loading ----------------------------------------------------------------------------------
+    @work(thread=True, exit_on_error=False, group="load")
+    def _load_model(self) -> None:
+        """Thread: read the checkpoint, then post the session (or the reason it failed)."""
+        try:
+            session = ChatSession.load(self.checkpoint_path)
+        except Exception as exc:  # a damaged file can upset any library on the way in
+            self._post(ModelFailed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+        else:
+            self._post(ModelLoaded(session))
+
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        self.session = message.session
+        chat, panel = self.query_one(ChatLog), self.query_one(StatePanel)
+        chat.loading = panel.loading = False
+        panel.setup(self.session)
+        chat.add_note("Ask about someone, then ask a follow-up with “he” or “she”. "
+                      "F1 explains the panel.")
+        box = self.query_one(HistoryInput)
+        box.disabled = False
+        box.focus()
+        self._show_status()
+        self.refresh_bindings()
+
+    def on_model_failed(self, message: ModelFailed) -> None:
+        self.load_error = message.error  # `contextbot chat` repeats it on stderr after quitting
+        chat, panel = self.query_one(ChatLog), self.query_one(StatePanel)
+        chat.loading = panel.loading = False
+        panel.display = False  # nothing to show: give the message the whole width
+        chat.add_note(f"contextbot: error: {message.error}", error=True)
+        chat.add_note("Start again with another checkpoint: contextbot chat --checkpoint PATH "
+                      "(train one with: contextbot train --out PATH). ctrl+q quits.")
+        self._show_status(activity="no model loaded")
+
+    # -- a turn -----------------------------------------------------------------------------------
+    def on_input_submitted(self, event: HistoryInput.Submitted) -> None:
+        if self.session is None or self.busy:
+            return
+        box = self.query_one(HistoryInput)
+        try:
+            question = clean_question(event.value)  # the session's own rules, checked up front
+        except ValueError as exc:
+            self.notify(str(exc), title="Not sent", severity="error")
+            return  # the text stays in the box, to be shortened
+        if not question:
+            box.value = ""
+            return
+        box.remember(event.value)
+        box.value = ""
+        self.turn += 1
+        chat = self.query_one(ChatLog)
+        chat.add_user(question)
+        self._reply = chat.add_reply()
+        self.timeline.begin_turn(carried=self.session.carry)
+        self._stop.clear()
+        self.busy = True
+        self._reply_worker(self.turn, question, self._last_end)
+
+    @work(thread=True, exit_on_error=False, group="reply")
+    def _reply_worker(self, turn: int, question: str, previous_end) -> None:
+        """Thread: generate the reply. Talks to the UI only by posting Messages."""
+        worker = get_current_worker()
+        try:
+            result = run_turn(
+                self.session, question,
+                on_progress=lambda ticks: self._post(ReplyProgress(turn, ticks)),
+                should_stop=lambda: self._stop.is_set() or worker.is_cancelled,
+                previous_end=previous_end)
+        except ValueError as exc:
+            self._post(ReplyRefused(turn, str(exc)))
+        else:
+            self._post(ReplyFinished(turn, result))
+
+    def on_reply_progress(self, message: ReplyProgress) -> None:
+        if message.turn != self.turn or self._reply is None:
+            return
+        self.timeline.set_live(message.ticks)
+        self._reply.show("".join(t.char for t in message.ticks))
+        self.query_one(StatePanel).refresh_state(self.session, self.timeline, message.ticks[-1])
+
+    def on_reply_finished(self, message: ReplyFinished) -> None:
+        r = message.result
+        self.timeline.set_live(r.ticks)
+        self.timeline.commit()
+        self._last_end = r.end_state
+        r = r.slim()  # the timeline keeps the recent ticks; the transcript needs only the norms
+        entry = self.transcript.add(r)
+        if self._reply is not None:
+            note = "(stopped)" if r.stopped else ("(empty reply)" if not r.reply else "")
+            self._reply.show(r.reply, streaming=False, note=note)
+        panel = self.query_one(StatePanel)
+        panel.query_one(CarryoverTable).add(message.turn, r, entry.memory_zeroed_before)
+        panel.refresh_state(self.session, self.timeline)
+        self.busy = False
+
+    def on_reply_refused(self, message: ReplyRefused) -> None:
+        if self._reply is not None:
+            self._reply.remove()
+            self._reply = None
+        self.notify(message.error, title="Not sent", severity="error")
+        self.busy = False
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A worker that died of a bug: say so on screen and unlock, rather than crash."""
+        if event.state == WorkerState.ERROR and event.worker.group in ("reply", "compare"):
+            self.query_one(ChatLog).add_note(f"internal error: {event.worker.error!r}", error=True)
+            self.busy = False
+
+    # -- keys ---------------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if isinstance(self.screen, ModalScreen) and action != "quit":
+            return False  # the help screen handles its own keys
+        if action == "stop":
+            return self.busy  # hidden (and Escape passes on) unless a reply is streaming
+        if action in NEEDS_MODEL and self.session is None:
+            return None  # shown, greyed out
+        if action in NOT_WHILE_BUSY and self.busy:
+            return None
+        if action == "compare" and self.transcript.last() is None:
+            return None  # nothing asked yet
+        return True
+
+    def watch_busy(self, busy: bool) -> None:
+        box = self.query_one(HistoryInput)
+        box.disabled = busy
+        if not busy:
+            box.focus()
+        self._show_status(activity="replying… (Escape stops)" if busy else "")
+        self.refresh_bindings()
+
+    def action_forget(self) -> None:
+        """ctrl+r: zero the state. The conversation stays on screen, marked by a divider."""
+        self.session.reset()
+        self.timeline.mark_reset()
+        self.transcript.mark_reset()
+        self.query_one(ChatLog).add_divider("memory zeroed: the next turn starts from nothing")
+        self.query_one(StatePanel).refresh_state(self.session, self.timeline)
+        self._show_status()
+
+    def action_toggle_carry(self) -> None:
+        """ctrl+t: carry the memory from turn to turn, or start every turn from zero."""
+        self.session.carry = not self.session.carry
+        self.query_one(ChatLog).add_divider(
+            "memory on: turns carry the state" if self.session.carry
+            else "memory off: every turn starts from zero")
+        self._show_status()
+
+    def action_compare(self) -> None:
+        """ctrl+d: the last question again, from a zeroed state, beside the answer it got."""
+        entry = self.transcript.last()
+        if entry is None:
+            return
+        self.busy = True
+        self._compare_worker(entry.result.question, entry.result.reply, entry.result.carry)
+
+    @work(thread=True, exit_on_error=False, group="compare")
+    def _compare_worker(self, question: str, carried: str, carried_was_on: bool) -> None:
+        """Thread: a stateless twin session answers; the conversation's state is untouched."""
+        self._post(ComparisonReady(question, carried, carried_was_on,
+                                   zeroed_answer(self.session, question)))
+
+    def on_comparison_ready(self, message: ComparisonReady) -> None:
+        self.query_one(ChatLog).add_comparison(message.question, message.carried,
+                                               message.carried_was_on, message.zeroed)
+        entry = self.transcript.last()
+        if entry is not None and entry.result.question == message.question:
+            entry.zeroed_reply = message.zeroed
+        self.busy = False
+
+    def action_save(self) -> None:
+        """ctrl+s: the session as JSON, in a new file in the current directory."""
+        try:
+            path = transcript_io.save(self.transcript, self.session)
+        except OSError as exc:
+            self.notify(f"could not save: {exc.strerror or exc}", severity="error")
+            return
+        self.last_saved = path
+        self.notify(f"saved {len(self.transcript.entries)} turns to {path.name}", title="Saved")
+
+    def action_clear(self) -> None:
+        """ctrl+l: clear the screen. The memory is untouched (ctrl+r forgets)."""
+        self.query_one(ChatLog).clear()
+
+    def action_stop(self) -> None:
+        """Escape: stop the reply after the next character (the worker polls this Event)."""
+        self._stop.set()
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        self._stop.set()  # a streaming worker stops at its next character
+        self.exit()
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _post(self, message) -> None:
+        """post_message from a worker thread; after the app has closed there is no one to tell."""
+        try:
+            self.post_message(message)
+        except RuntimeError:  # the event loop is already closed (quit mid-reply)
+            pass
+
+    def _show_status(self, activity: str = "") -> None:
+        status = self.query_one(StatusLine)
+        if self.session is None:
+            status.show(loaded=False, activity=activity)
+        else:
+            status.show(loaded=True, carry=self.session.carry, turns=self.turn,
+                        context=self.session.chars_seen, activity=activity)
+
