@@ -83,7 +83,18 @@ def save(path: str | Path, model: RecurrentLM, tokenizer: Tokenizer, *, step: in
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that readers only ever see the old or the new content."""
+    """Replace `path` with `data` so that readers only ever see the old or the new content.
+
+    A path that cannot be written (a directory, a parent that is a file, a full disk) is a
+    one-line `ContextbotError`.
+    """
+    try:
+        _write_atomic(path, data)
+    except OSError as exc:
+        raise ContextbotError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -133,6 +144,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     name = str(path)
     if path.is_dir():
         raise ContextbotError(f"{name}: is a directory, not a checkpoint file")
+    if path.exists() and not path.is_file():  # /dev/zero or a pipe would be read forever
+        raise ContextbotError(f"{name}: not a regular file")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -141,6 +154,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
         raise ContextbotError(f"{name}: cannot read ({exc.strerror})") from None
     header = _read_header(data, name)
     meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise ContextbotError(f"{name}: not a safetensors checkpoint (metadata is not an object)")
     if meta.get("format") != FORMAT:
         raise ContextbotError(f"{name}: a safetensors file, but not a contextbot checkpoint "
                               "(no 'format: contextbot' in its metadata)")
@@ -158,6 +173,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
         config = ModelConfig.from_dict(json.loads(meta["config"]))
         step = int(meta["step"])
         proto = base64.b64decode(meta["tokenizer"], validate=True)
+        if not isinstance(json.loads(meta.get("train", "{}")), dict):  # read by `train --resume`
+            raise ValueError("'train' is not a JSON object")
     except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
         raise ContextbotError(f"{name}: checkpoint metadata is damaged ({exc})") from None
     except ContextbotError as exc:
@@ -172,6 +189,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
         raise ContextbotError(f"{name}: damaged tensor data ({str(exc).splitlines()[0]})") from None
     weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     train = {k[6:]: v for k, v in tensors.items() if k.startswith("train.")}
+    _check_sizes(name, config, weights)
     model = RecurrentLM(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
@@ -191,6 +209,23 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     model.to(device).eval()
     return Checkpoint(model=model, tokenizer=tokenizer, step=step, metadata=meta,
                       train_tensors=train, path=path, sha256=hashlib.sha256(data).hexdigest())
+
+
+def _check_sizes(name: str, config: ModelConfig, weights: dict[str, torch.Tensor]) -> None:
+    """Check the config's sizes against the file's own tensors *before* building the model.
+
+    Building first would let a hostile config (hidden = 10**9, layers = 10**6) make us allocate
+    terabytes or spin for minutes. The embedding (vocab, embed), the head (vocab, hidden) and the
+    last layer's name pin every size, so once they agree the model is no bigger than the file.
+    """
+    emb, head = weights.get("embedding.weight"), weights.get("head.weight")
+    last = f"rnn.weight_hh_l{config.layers - 1}"
+    if (emb is None or head is None or last not in weights
+            or f"rnn.weight_hh_l{config.layers}" in weights
+            or tuple(emb.shape) != (config.vocab_size, config.embed)
+            or tuple(head.shape) != (config.vocab_size, config.hidden)):
+        raise ContextbotError(f"{name}: weights do not match the config ({config.layers} x "
+                              f"{config.hidden} {config.cell}, embed {config.embed})")
 
 
 def file_sha256(path: str | Path) -> str:

@@ -30,16 +30,16 @@ def build_parser() -> Parser:
     t.add_argument("--embed", type=int, help="embedding size (default 64)")
     t.add_argument("--dropout", type=float, help="dropout (default 0)")
     t.add_argument("--batch", type=int, help="parallel streams per step (default 32)")
-    t.add_argument("--seq-len", type=int, help="characters per BPTT chunk (default 200)")
+    t.add_argument("--seq-len", type=int, help="characters per BPTT chunk (default 256)")
     t.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
     t.add_argument("--chrono-tmax", type=float, help="chrono initialisation of the gate biases, in characters (default 400; 0 = off)")
     t.add_argument("--chrono-fraction", type=float, help="share of units given chrono initialisation (default 0.5)")
     t.add_argument("--answer-weight", type=float, help="loss weight of answer characters (default 3)")
-    t.add_argument("--steps", type=int, help="stop after this many steps (default 1500)")
+    t.add_argument("--steps", type=int, help="stop after this many steps (default 4000)")
     t.add_argument("--minutes", type=float, help="stop after this many minutes, whichever comes first")
     t.add_argument("--seed", type=int, help="random seed (default 0): same seed, same model on CPU")
-    t.add_argument("--checkpoint-every", type=int, help="write the checkpoint every N steps (default 200)")
-    t.add_argument("--eval-every", type=int, help="validate every N steps (default 250)")
+    t.add_argument("--checkpoint-every", type=int, help="write the checkpoint every N steps (default 250)")
+    t.add_argument("--eval-every", type=int, help="validate every N steps (default 500)")
     t.add_argument("--resume", action="store_true", help="continue from --out's step, optimizer and RNG")
     t.add_argument("--tokenizer", choices=["char", "bpe", "unigram"], help="tokenizer (default char)")
     t.add_argument("--vocab-size", type=int, help="vocabulary size for bpe/unigram (default 2000)")
@@ -100,7 +100,7 @@ def cmd_train(args) -> int:
     else:
         o = options_from_args(args)
     summary = train(o)
-    if o.json:
+    if o.json and summary is not None:  # under torchrun, only rank 0 has a summary to print
         main_json(summary)
     return 0
 

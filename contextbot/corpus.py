@@ -73,17 +73,25 @@ def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
         raise ContextbotError(f"{path}: no such corpus file") from None
     except OSError as exc:
         raise ContextbotError(f"{path}: cannot read ({exc.strerror})") from None
+    # At most this many bytes a read: MAX_LINE characters of up to 4 UTF-8 bytes, and "\r\n".
+    # `for raw in f` would read a whole line however long it is: one gigantic line (or /dev/zero)
+    # would fill the memory before we could refuse it.
+    limit = 4 * MAX_LINE + 2
     with f:
-        for n, raw in enumerate(f, 1):
-            if len(raw) > 4 * MAX_LINE:
-                raise ContextbotError(f"{path}: line {n} is longer than {MAX_LINE} characters")
+        n = 0
+        while raw := f.readline(limit):
+            n += 1
             if b"\x00" in raw:
                 raise ContextbotError(f"{path}: line {n} contains a NUL byte (a binary file?)")
+            if len(raw) == limit and not raw.endswith(b"\n"):
+                raise ContextbotError(f"{path}: line {n} is longer than {MAX_LINE} characters")
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
             except UnicodeDecodeError:
                 raise ContextbotError(f"{path}: line {n} is not UTF-8 text") from None
-            yield n, line.rstrip("\n").rstrip("\r")
+            if len(line) > MAX_LINE:
+                raise ContextbotError(f"{path}: line {n} is longer than {MAX_LINE} characters")
+            yield n, line
 
 
 def read_conversations(path: str | Path, stats: CorpusStats | None = None) -> Iterator[Conversation]:

@@ -9,6 +9,11 @@ from in training exactly the state `ChatSession.reset()` gives in chat: zeros.
 
 Each target token has a loss weight: `answer_weight` for the characters of the bot's answers (what
 chat generates), 1 for the rest (the questions), 0 for padding.
+
+Memory: a corpus is held as compact tensors (int32 ids, float32 weights, int16 character counts),
+not as Python lists, where every id costs an 8-byte pointer to a 28-byte int object. Measured on
+corpus/train.txt: the encoded conversations take 13 bytes a token instead of 62, an epoch's
+`Streams` 18 instead of 31. The values are the same, so training computes exactly what it did.
 """
 
 from __future__ import annotations
@@ -24,12 +29,23 @@ from .tokenizer import Tokenizer
 
 @dataclass
 class Encoded:
-    """One conversation as model inputs, targets and per-target loss weights."""
+    """One conversation as model inputs, targets and per-target loss weights.
 
-    inputs: list[int]
-    targets: list[int]
-    weights: list[float]
-    chars: list[int]  # characters each target token adds (for bits per *character*)
+    The input at position t is token t and its target is token t + 1, so both are views of one
+    tensor of the conversation's tokens.
+    """
+
+    tokens: torch.Tensor  # (n,) int32: the whole conversation
+    weights: torch.Tensor  # (n - 1,) float32: the loss weight of each target
+    chars: torch.Tensor  # (n - 1,) int16: characters each target token adds (for bits per *character*)
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        return self.tokens[:-1]
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.tokens[1:]
 
 
 def encode_conversation(conv: Conversation, tok: Tokenizer, answer_weight: float) -> Encoded:
@@ -41,7 +57,8 @@ def encode_conversation(conv: Conversation, tok: Tokenizer, answer_weight: float
         reply = tok.encode(f"{a}\n")
         ids += prompt + reply
         w += [1.0] * len(prompt) + [answer_weight] * len(reply)
-    return Encoded(ids[:-1], ids[1:], w[1:], [tok.char_count(t) for t in ids[1:]])
+    return Encoded(torch.tensor(ids, dtype=torch.int32), torch.tensor(w[1:], dtype=torch.float32),
+                   torch.tensor([tok.char_count(t) for t in ids[1:]], dtype=torch.int16))
 
 
 @dataclass
@@ -67,10 +84,11 @@ class Streams:
             lengths[s] += -(-len(encoded[i].inputs) // seq_len)
         self.num_chunks = max(lengths)
         n = self.num_chunks * seq_len
-        self.inputs = torch.zeros(batch, n, dtype=torch.long)
-        self.targets = torch.zeros(batch, n, dtype=torch.long)
+        # Compact here too (int32 ids, int16 character counts); `chunk` widens one chunk at a time.
+        self.inputs = torch.zeros(batch, n, dtype=torch.int32)
+        self.targets = torch.zeros(batch, n, dtype=torch.int32)
         self.weights = torch.zeros(batch, n)
-        self.chars = torch.zeros(batch, n)
+        self.chars = torch.zeros(batch, n, dtype=torch.int16)
         self.starts = torch.zeros(batch, self.num_chunks, dtype=torch.bool)
         for s, convs in enumerate(streams):
             pos = 0
@@ -78,10 +96,10 @@ class Streams:
                 e = encoded[i]
                 k = len(e.inputs)
                 self.starts[s, pos // seq_len] = True
-                self.inputs[s, pos:pos + k] = torch.tensor(e.inputs)
-                self.targets[s, pos:pos + k] = torch.tensor(e.targets)
-                self.weights[s, pos:pos + k] = torch.tensor(e.weights)
-                self.chars[s, pos:pos + k] = torch.tensor(e.chars, dtype=torch.float)
+                self.inputs[s, pos:pos + k] = e.inputs
+                self.targets[s, pos:pos + k] = e.targets
+                self.weights[s, pos:pos + k] = e.weights
+                self.chars[s, pos:pos + k] = e.chars
                 pos += -(-k // seq_len) * seq_len
             if pos < n:
                 self.starts[s, pos // seq_len] = True  # padding after the last one: a fresh state
@@ -89,8 +107,8 @@ class Streams:
 
     def chunk(self, c: int) -> Batch:
         sl = slice(c * self.seq_len, (c + 1) * self.seq_len)
-        return Batch(self.inputs[:, sl], self.targets[:, sl], self.weights[:, sl],
-                     self.chars[:, sl], (~self.starts[:, c]).float())
+        return Batch(self.inputs[:, sl].long(), self.targets[:, sl].long(), self.weights[:, sl],
+                     self.chars[:, sl].float(), (~self.starts[:, c]).float())
 
 
 class BatchSchedule:

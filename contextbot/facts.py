@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ContextbotError
+from .errors import ContextbotError, read_text
 
 ATTRIBUTES = ("profession", "city", "spouse", "born", "nationality")
 PRONOUN_FORMS = {
@@ -81,13 +81,7 @@ def load_facts(path: str | Path) -> list[Entity]:
     """Read and validate a facts file; every problem is a one-line ContextbotError."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ContextbotError(f"{path}: no such facts file") from None
-    except IsADirectoryError:
-        raise ContextbotError(f"{path}: is a directory, not a facts file") from None
-    except UnicodeDecodeError:
-        raise ContextbotError(f"{path}: not UTF-8 text") from None
+        raw = json.loads(read_text(path, "facts"))
     except json.JSONDecodeError as exc:
         raise ContextbotError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("entities"), list):

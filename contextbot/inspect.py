@@ -43,7 +43,7 @@ from rich.text import Text
 from . import gates
 from .checkpoint import Checkpoint
 from .checkpoint import load as load_checkpoint
-from .errors import ContextbotError
+from .errors import ContextbotError, read_text
 from .evaluate import SEED_DIALOGUE
 from .model import RecurrentLM, State, hidden_of
 from .session import MAX_REPLY, ChatSession, clean_question, default_checkpoint, prompt
@@ -392,16 +392,7 @@ def print_units(ckpt: Checkpoint, units: Units, turns: list[TurnTrace], console:
 def read_script(path: str | Path) -> list[str]:
     """A file of questions, one per line; blank lines are skipped."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ContextbotError(f"{path}: no such script file") from None
-    except IsADirectoryError:
-        raise ContextbotError(f"{path}: is a directory, not a script file") from None
-    except UnicodeDecodeError:
-        raise ContextbotError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ContextbotError(f"{path}: cannot read ({exc.strerror})") from None
+    text = read_text(path, "script")
     questions = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not questions:
         raise ContextbotError(f"{path}: no questions in the script (one per line)")

@@ -52,6 +52,17 @@ def clean_question(text: str) -> str:
     return text
 
 
+def visible(text: str) -> str:
+    """The bot's text as it may be shown: control characters other than tab become U+FFFD (�).
+
+    Any model can spell any byte (the tokenizer's byte fallback), so a checkpoint from a stranger
+    could reply with ESC sequences that retitle, clear or reprogram the user's terminal, or with a
+    newline spelled as a byte that breaks `contextbot ask`'s one reply a line. A model trained on
+    a corpus without control characters never produces them; the state is fed the real tokens.
+    """
+    return "".join("\ufffd" if unicodedata.category(ch) == "Cc" and ch != "\t" else ch for ch in text)
+
+
 def prompt(question: str) -> str:
     """What a turn feeds before the reply: the training corpus's `Q: ...` line and `A: `."""
     return f"Q: {question}\nA: "
@@ -129,9 +140,9 @@ class ChatSession:
                 text_piece = decoder.push(nxt)
                 self.chars_seen += len(text_piece)
                 norms = layer_norms(self.state)
-                for ch in text_piece:
+                for ch in visible(text_piece):
                     yield StreamStep(ch, norms)
-            for ch in decoder.flush():
+            for ch in visible(decoder.flush()):
                 yield StreamStep(ch, layer_norms(self.state))
         finally:
             # The reply's newline is part of the conversation, as it was in training.
@@ -215,7 +226,7 @@ class BatchSession:
             else:
                 state[:, idx] = sub
             for i, b in enumerate(active):
-                replies[b].append(tok.decode(generated[i]))
+                replies[b].append(visible(tok.decode(generated[i])))
         return replies
 
 

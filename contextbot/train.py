@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .corpus import CorpusStats, DEFAULT_TRAIN, DEFAULT_VALID, read_conversations
 from .data import BatchSchedule, Encoded, Streams, encode_conversation
 from .errors import ContextbotError
@@ -43,7 +43,7 @@ class TrainOptions:
     embed: int = 64
     dropout: float = 0.0
     batch: int = 32
-    seq_len: int = 200
+    seq_len: int = 256
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup: int = 30
@@ -52,11 +52,11 @@ class TrainOptions:
     answer_weight: float = 3.0
     chrono_tmax: float = 400.0
     chrono_fraction: float = 0.5
-    steps: int = 1500
+    steps: int = 4000
     minutes: float | None = None
     seed: int = 0
-    checkpoint_every: int = 200
-    eval_every: int = 250
+    checkpoint_every: int = 250
+    eval_every: int = 500
     tokenizer: str = "char"
     vocab_size: int = 2000
     resume: bool = False
@@ -90,6 +90,16 @@ def learning_rate(o: TrainOptions, step: int) -> float:
         return o.lr * (step + 1) / o.warmup
     t = min(1.0, (step - o.warmup) / max(1, o.steps - o.warmup))
     return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def batch_loss(ce: torch.Tensor, w: torch.Tensor, world: distributed.World) -> torch.Tensor:
+    """The weighted mean loss over the whole batch, Σ w·ce / Σ w; ce and w are (batch, seq).
+
+    Under DDP a rank holds only its share of the streams and DDP *averages* the ranks' gradients,
+    so each rank divides by the weight of all ranks' streams and multiplies by the number of
+    ranks: the averaged gradient is then the single-process one (derivation: distributed.py).
+    """
+    return (ce * w).sum() / world.all_sum(w.sum()).clamp_min(1e-8) * world.size
 
 
 def load_corpus(path: str) -> tuple[list, CorpusStats]:
@@ -147,81 +157,95 @@ def _state_tensors(state: State | None) -> dict[str, torch.Tensor]:
     return {"state_h": state}
 
 
-def train(o: TrainOptions, console: Console | None = None) -> dict:
-    """Train (or resume) and return the summary that `--json` prints."""
+def train(o: TrainOptions, console: Console | None = None) -> dict | None:
+    """Train (or resume) and return the summary that `--json` prints.
+
+    Under torchrun this is one rank of a DistributedDataParallel job (see distributed.py): only
+    rank 0 prints, evaluates, writes the checkpoint and returns the summary; the others return None.
+    """
     console = console or Console(stderr=True)
-    o.validate()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    world = distributed.detect()  # one process on its own, or one of torchrun's ranks
+    device = world.device
     out = Path(o.out)
 
-    # -- data ---------------------------------------------------------------------------------
-    convs, stats = load_corpus(o.corpus)
-    resumed = None
-    if o.resume:
-        if not out.exists():
-            raise ContextbotError(f"{out}: nothing to resume (no such checkpoint)")
-        resumed = checkpoint.load(out)
-        saved = resumed.train_options
-        if "recipe" not in saved:
-            raise ContextbotError(f"{out}: checkpoint has no training state to resume from")
-        if resumed.metadata.get("corpus_sha256") != stats.sha256:
-            raise ContextbotError(f"{out}: was trained on a different corpus than {o.corpus}")
-        for k, v in saved["recipe"].items():
-            setattr(o, k, v)
-        tok = resumed.tokenizer
-    else:
-        lines = (f"{p}{t}" for c in convs for q, a in c.turns for p, t in (("Q: ", q), ("A: ", a)))
-        tok = Tokenizer.train(lines, kind=o.tokenizer, vocab_size=o.vocab_size)
-    encoded = [encode_conversation(c, tok, o.answer_weight) for c in convs]
-    valid_encoded = None
-    if o.valid:
-        valid_encoded = [encode_conversation(c, tok, 1.0) for c in read_conversations(o.valid)]
-    schedule = BatchSchedule(encoded, o.batch, o.seq_len, o.seed)
+    # Every rank sets up on its own; then they join the process group together, or all stop.
+    with distributed.joined(world):
+        o.validate()
 
-    # -- model and optimizer ------------------------------------------------------------------
-    torch.manual_seed(o.seed)
-    config = ModelConfig(vocab_size=tok.vocab_size, cell=o.cell, embed=o.embed, hidden=o.hidden,
-                         layers=o.layers, dropout=o.dropout, chrono_tmax=o.chrono_tmax,
-                         chrono_fraction=o.chrono_fraction)
-    model = RecurrentLM(config).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-    start, state = 0, None
-    if resumed is not None:
-        model.load_state_dict(resumed.model.state_dict())
-        _restore_optimizer(opt, resumed.train_tensors)
-        start = resumed.step
-        t = resumed.train_tensors
-        if "state_h" in t:
-            state = (t["state_h"].to(device), t["state_c"].to(device)) if "state_c" in t else t["state_h"].to(device)
-        if "rng" in t:
-            torch.set_rng_state(t["rng"])
+        # -- data -----------------------------------------------------------------------------
+        convs, stats = load_corpus(o.corpus)
+        resumed = None
+        if o.resume:
+            if not out.exists():
+                raise ContextbotError(f"{out}: nothing to resume (no such checkpoint)")
+            resumed = checkpoint.load(out)
+            saved = resumed.train_options
+            if "recipe" not in saved:
+                raise ContextbotError(f"{out}: checkpoint has no training state to resume from")
+            if resumed.metadata.get("corpus_sha256") != stats.sha256:
+                raise ContextbotError(f"{out}: was trained on a different corpus than {o.corpus}")
+            for k, v in saved["recipe"].items():
+                setattr(o, k, v)
+            tok = resumed.tokenizer
+        else:
+            lines = (f"{p}{t}" for c in convs for q, a in c.turns for p, t in (("Q: ", q), ("A: ", a)))
+            tok = Tokenizer.train(lines, kind=o.tokenizer, vocab_size=o.vocab_size)
+        world.check(o.batch)  # --batch is the total: every rank takes batch / world.size streams
+        encoded = [encode_conversation(c, tok, o.answer_weight) for c in convs]
+        valid_encoded = None
+        if o.valid:
+            valid_encoded = [encode_conversation(c, tok, 1.0) for c in read_conversations(o.valid)]
+        schedule = BatchSchedule(encoded, o.batch, o.seq_len, o.seed)
+
+        # -- model and optimizer --------------------------------------------------------------
+        torch.manual_seed(o.seed)  # the same initial weights on every rank
+        config = ModelConfig(vocab_size=tok.vocab_size, cell=o.cell, embed=o.embed, hidden=o.hidden,
+                             layers=o.layers, dropout=o.dropout, chrono_tmax=o.chrono_tmax,
+                             chrono_fraction=o.chrono_fraction)
+        model = RecurrentLM(config).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        start, state = 0, None
+        if resumed is not None:
+            model.load_state_dict(resumed.model.state_dict())
+            _restore_optimizer(opt, resumed.train_tensors)
+            start = resumed.step
+            t = resumed.train_tensors
+            if "state_h" in t:
+                state = (t["state_h"].to(device), t["state_c"].to(device)) if "state_c" in t else t["state_h"].to(device)
+                state = world.shard_state(state)  # every stream's state was saved: take ours
+        world.seed_rng(o.seed, resumed.train_tensors if resumed is not None else None)
+    net = world.wrap(model)  # DDP under torchrun: backward all-reduces the gradients
     model.train()
 
     seconds_before = resumed.train_options.get("seconds", 0.0) if resumed is not None else 0.0
 
     def save(step: int) -> None:
-        tensors = _optimizer_tensors(opt) | _state_tensors(state)
-        tensors["rng"] = torch.get_rng_state()
+        # Every rank takes part (the gathers are collectives); rank 0 writes.
+        tensors = _optimizer_tensors(opt) | _state_tensors(world.gather_state(state)) | world.gather_rng()
+        if not world.is_main:
+            return
         seconds = seconds_before + time.perf_counter() - t0  # all runs of this model together
         checkpoint.save(out, model, tok, step=step, corpus_sha256=stats.sha256,
                         train_options={"recipe": o.recipe(), "steps": o.steps, "corpus": o.corpus,
                                        "seconds": round(seconds, 1), "device": str(device),
-                                       "threads": torch.get_num_threads()},
+                                       "threads": torch.get_num_threads(),
+                                       "processes": world.size},
                         train_tensors=tensors)
 
     # -- the loop -----------------------------------------------------------------------------
     t0 = time.perf_counter()
     deadline = t0 + o.minutes * 60 if o.minutes else None
-    step, chars_seen, recent, valid_bpc = start, 0, [], None
+    step, chars_seen, recent, valid_bpc, out_of_time = start, 0, [], None, False
     progress = Progress(TextColumn("step {task.completed:.0f}/{task.total:.0f}"), BarColumn(),
                         TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                        console=console, transient=False, disable=o.json and not console.is_terminal)
+                        console=console, transient=False,
+                        disable=not world.is_main or (o.json and not console.is_terminal))
     task = progress.add_task("train", total=o.steps, completed=start, info="")
     interrupted = False
     try:
         with progress:
-            while step < o.steps and (deadline is None or time.perf_counter() < deadline):
-                b = schedule.get(step)
+            while step < o.steps and not out_of_time:
+                b = world.shard(schedule.get(step))  # this rank's streams (all of them alone)
                 x, y = b.inputs.to(device), b.targets.to(device)
                 w, keep = b.weights.to(device), b.keep.to(device)
                 if state is not None:
@@ -229,9 +253,9 @@ def train(o: TrainOptions, console: Console | None = None) -> dict:
                 for g in opt.param_groups:
                     g["lr"] = learning_rate(o, step)
 
-                logits, state = model(x, state)  # (batch, seq, vocab)
+                logits, state = net(x, state)  # (batch, seq, vocab)
                 ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(w)
-                loss = (ce * w).sum() / w.sum().clamp_min(1e-8)
+                loss = batch_loss(ce, w, world)  # the weighted mean over all ranks' streams
 
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -240,11 +264,15 @@ def train(o: TrainOptions, console: Console | None = None) -> dict:
                 state = detach_state(state)  # truncated BPTT: keep the values, cut the graph
                 step += 1
 
-                n_chars = float(b.chars.sum())
+                # The whole job's characters and loss; any rank out of time stops every rank.
+                nats, n_chars, late = world.sum(float((ce.detach() * (w > 0)).sum()),
+                                                float(b.chars.sum()),
+                                                float(deadline is not None and time.perf_counter() >= deadline))
+                out_of_time = late > 0
                 chars_seen += n_chars
-                recent = (recent + [float((ce.detach() * (w > 0)).sum()) / max(n_chars, 1) / LN2])[-50:]
+                recent = (recent + [nats / max(n_chars, 1) / LN2])[-50:]
                 elapsed = time.perf_counter() - t0
-                if valid_encoded and (step % o.eval_every == 0 or step == o.steps):
+                if world.is_main and valid_encoded and (step % o.eval_every == 0 or step == o.steps):
                     valid_bpc = evaluate_bpc(model, valid_encoded, device)
                     progress.console.print(
                         f"step {step}: train {sum(recent) / len(recent):.3f} bpc, valid "
@@ -257,12 +285,21 @@ def train(o: TrainOptions, console: Console | None = None) -> dict:
                     save(step)
     except KeyboardInterrupt:
         interrupted = True
+    if interrupted and world.active:
+        # The other ranks may be anywhere (or gone): no gathering now. The last checkpoint stands.
+        if world.is_main:
+            console.print(f"interrupted at step {step}; {out} holds the last checkpoint. Resume "
+                          "with the same torchrun command and --resume")
+        raise SystemExit(130)
     save(step)
+    world.leave()  # no more collectives: rank 0 alone evaluates and reports
     seconds = time.perf_counter() - t0
     if interrupted:
         console.print(f"interrupted at step {step}; saved {out}. Resume with: "
                       f"contextbot train --corpus {o.corpus} --out {out} --steps {o.steps} --resume")
         raise SystemExit(130)
+    if not world.is_main:
+        return None
     if valid_encoded and valid_bpc is None:
         valid_bpc = evaluate_bpc(model, valid_encoded, device)
     summary = {

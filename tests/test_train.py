@@ -97,3 +97,20 @@ def test_bad_corpus_exits_2_with_one_line(tmp_path, content, why):
         assert why in r.stderr
         assert "Traceback" not in r.stderr
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_cli_help_states_the_real_defaults():
+    """The recipe lives in TrainOptions; `contextbot train --help` must not drift from it."""
+    import re
+
+    from contextbot.cli import build_parser
+    full = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    help_text = " ".join(full.split("options:", 1)[1].split())
+    o = TrainOptions()
+    for flag, value in [("--hidden", o.hidden), ("--layers", o.layers), ("--embed", o.embed),
+                        ("--batch", o.batch), ("--seq-len", o.seq_len), ("--steps", o.steps),
+                        ("--checkpoint-every", o.checkpoint_every), ("--eval-every", o.eval_every),
+                        ("--answer-weight", o.answer_weight), ("--lr", o.lr)]:
+        m = re.search(re.escape(flag) + r" \S+ .*?\(default ([^)\s;]+)", help_text)
+        assert m, flag
+        assert float(m.group(1)) == float(value), (flag, m.group(1), value)
