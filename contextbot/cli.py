@@ -33,9 +33,10 @@ def build_parser() -> Parser:
     t.add_argument("--seq-len", type=int, help="characters per BPTT chunk (default 256)")
     t.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
     t.add_argument("--chrono-tmax", type=float, help="chrono initialisation of the gate biases, in characters (default 400; 0 = off)")
-    t.add_argument("--chrono-fraction", type=float, help="share of units given chrono initialisation (default 0.5)")
+    t.add_argument("--chrono-fraction", type=float, help="share of units given chrono initialisation (default 1)")
+    t.add_argument("--chrono-spread", choices=["log", "uniform"], help="memory times log-uniform over octaves (default) or uniform as in the paper")
     t.add_argument("--answer-weight", type=float, help="loss weight of answer characters (default 3)")
-    t.add_argument("--steps", type=int, help="stop after this many steps (default 4000)")
+    t.add_argument("--steps", type=int, help="stop after this many steps (default 3000)")
     t.add_argument("--minutes", type=float, help="stop after this many minutes, whichever comes first")
     t.add_argument("--seed", type=int, help="random seed (default 0): same seed, same model on CPU")
     t.add_argument("--checkpoint-every", type=int, help="write the checkpoint every N steps (default 250)")
@@ -92,7 +93,9 @@ def build_parser() -> Parser:
 
 
 def cmd_train(args) -> int:
+    from .checkpoint import check_writable
     from .train import main_json, options_from_args, train
+    check_writable(args.out)  # now, not when the first checkpoint is written
     if args.valid == "none":
         args.valid = None
         o = options_from_args(args)
@@ -106,7 +109,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    from .session import ChatSession
+    from .session import ChatSession, visible
     if args.temperature < 0:
         raise ContextbotError("--temperature must be 0 or more")
     session = ChatSession.load(args.checkpoint, carry=not args.no_carry,
@@ -114,7 +117,7 @@ def cmd_ask(args) -> int:
 
     def reply(q: str) -> None:
         try:
-            print(session.ask(q), flush=True)
+            print(visible(session.ask(q)), flush=True)  # no escape sequences from a stranger's model
         except ValueError as exc:
             raise ContextbotError(str(exc)) from None
 
@@ -123,6 +126,8 @@ def cmd_ask(args) -> int:
             reply(q)
         return 0
     interactive = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")  # bytes that are not UTF-8 become U+FFFD, not a traceback
     while True:
         if interactive:
             try:

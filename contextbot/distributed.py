@@ -122,11 +122,13 @@ class World:
         """
         saved = saved or {}
         rows = saved.get("rng_ranks")
+        # clone(): torch.set_rng_state crashes (SIGSEGV, torch 2.13) on a view that does not
+        # start at the beginning of its storage, such as a row of rng_ranks.
         if rows is not None and rows.shape[0] == self.size:
-            torch.set_rng_state(rows[self.rank].contiguous())
+            torch.set_rng_state(rows[self.rank].clone())
             return
         if "rng" in saved:  # a single-process checkpoint, or one from another number of ranks
-            torch.set_rng_state(saved["rng"])
+            torch.set_rng_state(saved["rng"].clone())
         if self.rank > 0:
             torch.manual_seed(seed + 1_000_003 * self.rank)
 
@@ -161,9 +163,9 @@ class World:
         return self.all_sum(torch.tensor(values, dtype=torch.float64, device=self.device)).tolist()
 
     def leave(self) -> None:
-        """Leave the process group at the end of training."""
+        """Leave the process group at the end of training (every rank must call it)."""
         if self.active and dist.is_initialized():
-            dist.destroy_process_group()
+            _shut_down()
 
 
 def detect() -> World:
@@ -220,7 +222,27 @@ def _join_and_vote(world: World, error: ContextbotError | None) -> None:
     first_failed = int(first_failed)
     if first_failed == world.size:
         return  # everyone is ready
-    dist.destroy_process_group()
+    _shut_down()
     if first_failed == world.rank:
         raise error
     raise SystemExit(2)  # rank `first_failed` has said what is wrong
+
+
+_final_barrier = None  # kept for the life of the process: see _shut_down
+
+
+def _shut_down() -> None:
+    """A barrier, then destroy the process group, without the hang gloo can fall into.
+
+    Gloo runs each collective on worker threads. A worker that drops the last reference to a
+    finished collective must take Python's GIL to free its tensors; the group's destructor (which
+    runs when DDP, its last owner, is freed) joins those workers while holding the GIL. If the
+    last collective has only just finished, each waits for the other forever (seen with torch
+    2.13 in about one run in six). So the last collective is a barrier whose handle Python
+    keeps, together with whatever collective it waited for: no worker ever drops a last
+    reference, and the workers are idle when the destructor joins them.
+    """
+    global _final_barrier
+    _final_barrier = dist.barrier(async_op=True)
+    _final_barrier.wait()
+    dist.destroy_process_group()

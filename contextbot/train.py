@@ -4,6 +4,9 @@ One readable loop: batch, reset the state where conversations start, forward, we
 backward, clip, step, detach, log, evaluate, checkpoint, stop. Everything a resumed run needs to
 continue bit for bit on CPU (Adam's moments, the carried state, the RNG, the step) is saved in the
 checkpoint; the batch for a step is a pure function of (seed, step), so it need not be saved.
+
+Under torchrun the same loop runs in every process, each on its share of the streams, with
+DistributedDataParallel averaging the gradients; distributed.py holds that plumbing.
 """
 
 from __future__ import annotations
@@ -51,8 +54,9 @@ class TrainOptions:
     clip: float = 1.0
     answer_weight: float = 3.0
     chrono_tmax: float = 400.0
-    chrono_fraction: float = 0.5
-    steps: int = 4000
+    chrono_fraction: float = 1.0
+    chrono_spread: str = "log"
+    steps: int = 3000
     minutes: float | None = None
     seed: int = 0
     checkpoint_every: int = 250
@@ -65,7 +69,7 @@ class TrainOptions:
     # Options that shape the model or the data: fixed by the checkpoint when resuming.
     RECIPE = ("cell", "hidden", "layers", "embed", "dropout", "batch", "seq_len", "lr",
               "min_lr_ratio", "warmup", "weight_decay", "clip", "answer_weight", "chrono_tmax",
-              "chrono_fraction",
+              "chrono_fraction", "chrono_spread",
               "seed", "tokenizer", "vocab_size")
 
     def recipe(self) -> dict:
@@ -201,7 +205,7 @@ def train(o: TrainOptions, console: Console | None = None) -> dict | None:
         torch.manual_seed(o.seed)  # the same initial weights on every rank
         config = ModelConfig(vocab_size=tok.vocab_size, cell=o.cell, embed=o.embed, hidden=o.hidden,
                              layers=o.layers, dropout=o.dropout, chrono_tmax=o.chrono_tmax,
-                             chrono_fraction=o.chrono_fraction)
+                             chrono_fraction=o.chrono_fraction, chrono_spread=o.chrono_spread)
         model = RecurrentLM(config).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         start, state = 0, None
@@ -264,11 +268,11 @@ def train(o: TrainOptions, console: Console | None = None) -> dict | None:
                 state = detach_state(state)  # truncated BPTT: keep the values, cut the graph
                 step += 1
 
-                # The whole job's characters and loss; any rank out of time stops every rank.
-                nats, n_chars, late = world.sum(float((ce.detach() * (w > 0)).sum()),
-                                                float(b.chars.sum()),
-                                                float(deadline is not None and time.perf_counter() >= deadline))
-                out_of_time = late > 0
+                # The whole job's loss and characters; one rank out of time stops every rank.
+                late = deadline is not None and time.perf_counter() >= deadline
+                nats, n_chars, late_ranks = world.sum(float((ce.detach() * (w > 0)).sum()),
+                                                      float(b.chars.sum()), float(late))
+                out_of_time = late_ranks > 0
                 chars_seen += n_chars
                 recent = (recent + [nats / max(n_chars, 1) / LN2])[-50:]
                 elapsed = time.perf_counter() - t0
@@ -292,8 +296,8 @@ def train(o: TrainOptions, console: Console | None = None) -> dict | None:
                           "with the same torchrun command and --resume")
         raise SystemExit(130)
     save(step)
-    world.leave()  # no more collectives: rank 0 alone evaluates and reports
     seconds = time.perf_counter() - t0
+    world.leave()  # no more collectives: rank 0 alone evaluates and reports
     if interrupted:
         console.print(f"interrupted at step {step}; saved {out}. Resume with: "
                       f"contextbot train --corpus {o.corpus} --out {out} --steps {o.steps} --resume")
