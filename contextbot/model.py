@@ -50,7 +50,8 @@ class ModelConfig:
     layers: int = 1
     dropout: float = 0.0
     chrono_tmax: float = 400.0  # 0 disables chrono initialisation
-    chrono_fraction: float = 0.5  # share of units given long memory times; the rest start fast
+    chrono_fraction: float = 1.0  # share of units given chrono memory times; the rest start fast
+    chrono_spread: str = "log"  # memory times spread "log"-uniformly, or "uniform" as in the paper
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -58,6 +59,8 @@ class ModelConfig:
         for name in ("vocab_size", "embed", "hidden", "layers"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ContextbotError(f"model config: {name} must be a positive integer")
+        if self.chrono_spread not in ("log", "uniform"):
+            raise ContextbotError("model config: chrono_spread must be 'log' or 'uniform'")
         if not 0.0 <= self.dropout < 1.0:
             raise ContextbotError("model config: dropout must be in [0, 1)")
 
@@ -102,7 +105,13 @@ class RecurrentLM(nn.Module):
                 b_ih = getattr(self.rnn, f"bias_ih_l{layer}")
                 b_hh = getattr(self.rnn, f"bias_hh_l{layer}")
                 # log(U(1, T_max - 1)): a memory time between 1 and T_max characters per unit.
-                keep = torch.log(torch.empty(h).uniform_(1.0, c.chrono_tmax - 1.0, generator=generator))
+                if c.chrono_spread == "log":
+                    # Memory times T spread evenly over octaves from 1 to T_max (bias log T), so
+                    # there are fast units for spelling, medium ones for the last sentence and
+                    # slow ones for the conversation.
+                    keep = torch.empty(h).uniform_(0.0, math.log(c.chrono_tmax - 1.0), generator=generator)
+                else:
+                    keep = torch.log(torch.empty(h).uniform_(1.0, c.chrono_tmax - 1.0, generator=generator))
                 # Only a share of the units get long memory times; the others keep PyTorch's
                 # near-zero bias and learn the fast, character-level patterns quickly.
                 keep[int(h * c.chrono_fraction):] = 0.0

@@ -79,11 +79,20 @@ def test_mask_state_zeroes_only_the_new_conversations(tiny_tokenizer):
     torch.testing.assert_close(h[:, 0], state[0][:, 0])
 
 
-def test_chrono_initialisation_sets_long_memory_biases(tiny_tokenizer):
+def test_chrono_initialisation_sets_memory_time_biases(tiny_tokenizer):
     torch.manual_seed(0)
-    m = RecurrentLM(ModelConfig(vocab_size=tiny_tokenizer.vocab_size, cell="gru", hidden=100,
-                                chrono_tmax=400, chrono_fraction=0.5))
-    z_bias = m.rnn.bias_ih_l0[100:200] + m.rnn.bias_hh_l0[100:200]
-    assert z_bias[:50].min() >= 0 and z_bias[:50].max() <= math.log(399) + 1e-5
-    assert z_bias[:50].mean() > 3  # most long-memory units keep > 95% of h per step
-    assert torch.all(z_bias[50:] == 0)
+    m = RecurrentLM(ModelConfig(vocab_size=tiny_tokenizer.vocab_size, cell="gru", hidden=400,
+                                chrono_tmax=400, chrono_fraction=1.0, chrono_spread="log"))
+    z_bias = m.rnn.bias_ih_l0[400:800] + m.rnn.bias_hh_l0[400:800]
+    assert z_bias.min() >= 0 and z_bias.max() <= math.log(399) + 1e-5
+    # log-spread: memory times T = 1 + e^b cover every octave about equally.
+    octaves = torch.histc(z_bias / math.log(2), bins=8, min=0, max=math.log2(399))
+    assert octaves.min() > 25
+
+    m = RecurrentLM(ModelConfig(vocab_size=tiny_tokenizer.vocab_size, cell="lstm", hidden=100,
+                                chrono_tmax=400, chrono_fraction=0.5, chrono_spread="uniform"))
+    f_bias = m.rnn.bias_ih_l0[100:200] + m.rnn.bias_hh_l0[100:200]
+    i_bias = m.rnn.bias_ih_l0[0:100] + m.rnn.bias_hh_l0[0:100]
+    assert f_bias[:50].mean() > 3  # the paper's spread: most units remember for > 20 steps
+    torch.testing.assert_close(i_bias[:50], -f_bias[:50])  # input gate = -forget gate
+    assert torch.all(f_bias[50:] == 0)  # the rest keep a near-zero bias and start fast
