@@ -94,6 +94,23 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise ContextbotError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
+def check_writable(path: str | Path) -> None:
+    """Fail at once, not after hours of training, if `path` cannot take a checkpoint: it is a
+    directory, its folder cannot be created (a part of it is a file) or cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ContextbotError(f"{path}: is a directory; give a file, e.g. {path / 'model.safetensors'}")
+    folder = next(p for p in path.parents if p.exists())  # the deepest part that exists
+    if not folder.is_dir():
+        raise ContextbotError(f"{path}: cannot write ({folder} is a file, not a folder)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise ContextbotError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -216,16 +233,19 @@ def _check_sizes(name: str, config: ModelConfig, weights: dict[str, torch.Tensor
 
     Building first would let a hostile config (hidden = 10**9, layers = 10**6) make us allocate
     terabytes or spin for minutes. The embedding (vocab, embed), the head (vocab, hidden) and the
-    last layer's name pin every size, so once they agree the model is no bigger than the file.
+    number of layers pin every size, so once they agree the model is no bigger than the file.
     """
-    emb, head = weights.get("embedding.weight"), weights.get("head.weight")
-    last = f"rnn.weight_hh_l{config.layers - 1}"
-    if (emb is None or head is None or last not in weights
-            or f"rnn.weight_hh_l{config.layers}" in weights
-            or tuple(emb.shape) != (config.vocab_size, config.embed)
-            or tuple(head.shape) != (config.vocab_size, config.hidden)):
-        raise ContextbotError(f"{name}: weights do not match the config ({config.layers} x "
-                              f"{config.hidden} {config.cell}, embed {config.embed})")
+    for key, shape in (("embedding.weight", (config.vocab_size, config.embed)),
+                       ("head.weight", (config.vocab_size, config.hidden))):
+        if key not in weights:
+            raise ContextbotError(f"{name}: weights do not match the config (missing {key})")
+        if tuple(weights[key].shape) != shape:
+            raise ContextbotError(f"{name}: weight {key} has shape {tuple(weights[key].shape)}, "
+                                  f"the config needs {shape}")
+    layers = sum(k.startswith("rnn.weight_hh_l") for k in weights)
+    if layers != config.layers:
+        raise ContextbotError(f"{name}: weights do not match the config ({layers} layers, "
+                              f"the config says {config.layers})")
 
 
 def file_sha256(path: str | Path) -> str:

@@ -53,12 +53,13 @@ def clean_question(text: str) -> str:
 
 
 def visible(text: str) -> str:
-    """The bot's text as it may be shown: control characters other than tab become U+FFFD (�).
+    """The bot's text made safe to print: control characters other than tab become U+FFFD (�).
 
-    Any model can spell any byte (the tokenizer's byte fallback), so a checkpoint from a stranger
-    could reply with ESC sequences that retitle, clear or reprogram the user's terminal, or with a
-    newline spelled as a byte that breaks `contextbot ask`'s one reply a line. A model trained on
-    a corpus without control characters never produces them; the state is fed the real tokens.
+    The counterpart of `clean_question`, for output. Any model can spell any byte (the tokenizer's
+    byte fallback), so a checkpoint from a stranger could reply with ESC sequences that retitle,
+    clear or reprogram the user's terminal, or with a newline spelled as a byte that breaks
+    `contextbot ask`'s one reply a line. The session returns the reply exactly as generated (its
+    text is what the state was fed); whoever prints it to a terminal passes it through here.
     """
     return "".join("\ufffd" if unicodedata.category(ch) == "Cc" and ch != "\t" else ch for ch in text)
 
@@ -140,9 +141,9 @@ class ChatSession:
                 text_piece = decoder.push(nxt)
                 self.chars_seen += len(text_piece)
                 norms = layer_norms(self.state)
-                for ch in visible(text_piece):
+                for ch in text_piece:
                     yield StreamStep(ch, norms)
-            for ch in visible(decoder.flush()):
+            for ch in decoder.flush():
                 yield StreamStep(ch, layer_norms(self.state))
         finally:
             # The reply's newline is part of the conversation, as it was in training.
@@ -226,7 +227,7 @@ class BatchSession:
             else:
                 state[:, idx] = sub
             for i, b in enumerate(active):
-                replies[b].append(visible(tok.decode(generated[i])))
+                replies[b].append(tok.decode(generated[i]))
         return replies
 
 

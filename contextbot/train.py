@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -86,6 +89,37 @@ class TrainOptions:
             raise ContextbotError("--minutes must be positive")
         if not 0 <= self.dropout < 1:
             raise ContextbotError("--dropout must be in [0, 1)")
+
+
+class CtrlC:
+    """Ctrl-C while training: finish the step under way, then save and stop.
+
+    Python's own handler raises KeyboardInterrupt wherever the loop happens to be: after
+    `opt.step()` but before `step += 1`, or after the forward pass has moved the carried state on.
+    A checkpoint saved there mixes two steps, and `--resume` would not continue exactly. So the
+    first Ctrl-C only sets `requested`, which the loop reads between steps; a second one
+    interrupts at once, and the last checkpoint written stands. Under torchrun every rank must stop
+    at the same step, so there the old behaviour stays (`enabled=False`).
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "CtrlC":
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def learning_rate(o: TrainOptions, step: int) -> float:
@@ -161,6 +195,42 @@ def _state_tensors(state: State | None) -> dict[str, torch.Tensor]:
     return {"state_h": state}
 
 
+def _saved_recipe(out: Path, saved: dict) -> dict:
+    """The recipe a checkpoint was trained with, checked before it is used: only recipe options,
+    each of its default's type (a file from elsewhere must not set --out, or hidden="abc")."""
+    recipe = saved.get("recipe")
+    if not isinstance(recipe, dict):
+        raise ContextbotError(f"{out}: checkpoint has no training state to resume from")
+    defaults = TrainOptions()
+    for k, v in recipe.items():
+        d = getattr(defaults, k) if k in TrainOptions.RECIPE else None
+        if d is None or not (type(v) is type(d) or (type(d) is float and type(v) is int)):
+            raise ContextbotError(f"{out}: the training recipe in the checkpoint is damaged ({k}={v!r})")
+    return recipe
+
+
+def _check_training_state(out: Path, t: dict[str, torch.Tensor], model: RecurrentLM, batch: int) -> None:
+    """Check the saved optimizer moments, carried state and RNG against the model now, so that a
+    damaged file is one line here rather than a crash somewhere in the first step."""
+    params = list(model.parameters())
+    c = model.config
+    for key, v in t.items():
+        want, dtype = None, None
+        if key.startswith("optim."):
+            i, _, name = key[len("optim."):].partition(".")
+            if not i.isdigit() or int(i) >= len(params):
+                raise ContextbotError(f"{out}: the training state has an unknown tensor {key}")
+            want = () if name == "step" else tuple(params[int(i)].shape)
+        elif key in ("state_h", "state_c"):
+            want = (c.layers, batch, c.hidden)
+        elif key == "rng":
+            want, dtype = tuple(torch.get_rng_state().shape), torch.uint8
+        if want is not None and (tuple(v.shape) != want or (dtype is not None and v.dtype != dtype)
+                                 or (v.is_floating_point() and not torch.isfinite(v).all())):
+            raise ContextbotError(f"{out}: the training state is damaged ({key} has shape "
+                                  f"{tuple(v.shape)} {v.dtype}, the run needs {want})")
+
+
 def train(o: TrainOptions, console: Console | None = None) -> dict | None:
     """Train (or resume) and return the summary that `--json` prints.
 
@@ -183,13 +253,12 @@ def train(o: TrainOptions, console: Console | None = None) -> dict | None:
             if not out.exists():
                 raise ContextbotError(f"{out}: nothing to resume (no such checkpoint)")
             resumed = checkpoint.load(out)
-            saved = resumed.train_options
-            if "recipe" not in saved:
-                raise ContextbotError(f"{out}: checkpoint has no training state to resume from")
+            recipe = _saved_recipe(out, resumed.train_options)
             if resumed.metadata.get("corpus_sha256") != stats.sha256:
                 raise ContextbotError(f"{out}: was trained on a different corpus than {o.corpus}")
-            for k, v in saved["recipe"].items():
+            for k, v in recipe.items():
                 setattr(o, k, v)
+            o.validate()
             tok = resumed.tokenizer
         else:
             lines = (f"{p}{t}" for c in convs for q, a in c.turns for p, t in (("Q: ", q), ("A: ", a)))
@@ -210,6 +279,9 @@ def train(o: TrainOptions, console: Console | None = None) -> dict | None:
         opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         start, state = 0, None
         if resumed is not None:
+            if config != resumed.config:
+                raise ContextbotError(f"{out}: the training recipe disagrees with the model in the checkpoint")
+            _check_training_state(out, resumed.train_tensors, model, o.batch)
             model.load_state_dict(resumed.model.state_dict())
             _restore_optimizer(opt, resumed.train_tensors)
             start = resumed.step
@@ -245,10 +317,9 @@ def train(o: TrainOptions, console: Console | None = None) -> dict | None:
                         console=console, transient=False,
                         disable=not world.is_main or (o.json and not console.is_terminal))
     task = progress.add_task("train", total=o.steps, completed=start, info="")
-    interrupted = False
     try:
-        with progress:
-            while step < o.steps and not out_of_time:
+        with progress, CtrlC(enabled=not world.active) as ctrl_c:
+            while step < o.steps and not out_of_time and not ctrl_c.requested:
                 b = world.shard(schedule.get(step))  # this rank's streams (all of them alone)
                 x, y = b.inputs.to(device), b.targets.to(device)
                 w, keep = b.weights.to(device), b.keep.to(device)
@@ -288,19 +359,24 @@ def train(o: TrainOptions, console: Console | None = None) -> dict | None:
                 if step % o.checkpoint_every == 0:
                     save(step)
     except KeyboardInterrupt:
-        interrupted = True
-    if interrupted and world.active:
-        # The other ranks may be anywhere (or gone): no gathering now. The last checkpoint stands.
+        # Mid-step (a second Ctrl-C, or any Ctrl-C under torchrun, where the other ranks may be
+        # anywhere or gone): what is in memory may mix two steps. The last checkpoint stands.
         if world.is_main:
-            console.print(f"interrupted at step {step}; {out} holds the last checkpoint. Resume "
-                          "with the same torchrun command and --resume")
+            again = ("the same torchrun command and --resume" if world.active else
+                     shlex.join(["contextbot", "train", "--corpus", o.corpus, "--out", str(out),
+                                 "--steps", str(o.steps), "--resume"]))
+            console.print(f"interrupted during step {step + 1}; {out} holds the last checkpoint. "
+                          f"Resume with: {again}", highlight=False, soft_wrap=True)
         raise SystemExit(130)
+    interrupted = ctrl_c.requested  # stopped between two steps: a consistent state to save
     save(step)
     seconds = time.perf_counter() - t0
     world.leave()  # no more collectives: rank 0 alone evaluates and reports
     if interrupted:
-        console.print(f"interrupted at step {step}; saved {out}. Resume with: "
-                      f"contextbot train --corpus {o.corpus} --out {out} --steps {o.steps} --resume")
+        again = shlex.join(["contextbot", "train", "--corpus", o.corpus, "--out", str(out),
+                            "--steps", str(o.steps), "--resume"])
+        console.print(f"interrupted at step {step}; saved {out}. Resume with: {again}",
+                      highlight=False, soft_wrap=True)  # one line: a command to copy
         raise SystemExit(130)
     if not world.is_main:
         return None
