@@ -44,7 +44,7 @@ figures: $(STAMP)
 	mkdir -p docs
 	$(BIN)/contextbot inspect --checkpoint checkpoints/gru.safetensors --plot docs/seed-dialogue.png
 	$(BIN)/contextbot inspect --checkpoint checkpoints/gru.safetensors --units 'Megan Fox' --plot docs/units-megan-fox.png
-	$(BIN)/contextbot inspect --probe $(foreach c,$(FIGURE_CELLS),--checkpoint checkpoints/$(c).safetensors) --plot docs/probe.png
+	$(BIN)/contextbot inspect --probe $(foreach c,$(FIGURE_CELLS),$(if $(wildcard checkpoints/$(c).safetensors),--checkpoint checkpoints/$(c).safetensors)) --plot docs/probe.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -9,6 +9,7 @@ The table in README.md sits between the markers `<!-- results:start -->` and
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{cpu} ({os.cpu_count()} cores), torch {torch.__version__}"
 
 
 def table(results: dict[str, dict]) -> str:
@@ -53,8 +54,9 @@ def table(results: dict[str, dict]) -> str:
     rows.append(f"| the seed dialogue, turns right | {seed_ok} | 5/5 |")
     rows.append("| validation bits per character | "
                 + " | ".join(f"{results[c]['valid_bpc']:.3f}" for c in cells) + " | |")
-    rows.append("| training time (minutes) | "
-                + " | ".join(f"{results[c]['train_seconds'] / 60:.1f}" for c in cells) + " | |")
+    rows.append("| training time (minutes; CPU threads) | "
+                + " | ".join(f"{results[c]['train_seconds'] / 60:.1f}; {results[c].get('train_threads')}"
+                             for c in cells) + " | |")
     rows.append("| parameters | " + " | ".join(f"{results[c]['parameters']:,}" for c in cells) + " | |")
     n = results[cells[0]]["categories"]["near"]["total"]
     return "\n".join(rows) + (f"\n\n{n} conversations per category, seed {results[cells[0]]['seed']}; "
@@ -73,6 +75,7 @@ def main() -> int:
         ck = load(path)
         r["train_seconds"] = ck.train_options.get("seconds", 0.0)
         r["parameters"] = ck.model.num_parameters()
+        r["train_threads"] = ck.train_options.get("threads")
         results[cell] = r
         print(f"{cell}: " + ", ".join(f"{k} {v['accuracy']:.1%}" for k, v in r["categories"].items()),
               file=sys.stderr)

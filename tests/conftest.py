@@ -60,6 +60,14 @@ def tiny_checkpoint(tmp_path, tiny_tokenizer) -> Path:
     return p
 
 
+#: The shipped GRU introduces people right but does not yet carry who "he" and "she" mean
+#: reliably (`contextbot eval`: about a third of pronoun questions right; see README, "How well it
+#: remembers"). Tests of that behaviour are expected to fail until issue 3's longer training lands;
+#: strict, so the first checkpoint that passes them turns them red and the marker must go.
+SHIPPED_MODEL_GAP = pytest.mark.xfail(
+    strict=True, reason="the shipped GRU does not yet track who 'he'/'she' means reliably (issue 3)")
+
+
 @pytest.fixture(scope="session")
 def shipped_gru():
     from contextbot import ChatSession
