@@ -15,7 +15,6 @@ run. They measure memory and time as ratios against a small baseline, never as a
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
 import json
@@ -38,7 +37,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from contextbot import ChatSession, checkpoint
+from contextbot import ChatSession, checkpoint, probe
 from contextbot.cli import main
 from contextbot.corpus import DEFAULT_TRAIN, MAX_LINE, Conversation
 from contextbot.data import Streams, encode_conversation
@@ -448,16 +447,9 @@ def _file_fingerprint(path: Path) -> tuple[int, str]:
     return ck.step, _fingerprint(ck.model.state_dict(), ck.train_tensors)
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Train in this process on one thread, as the subprocesses (OMP_NUM_THREADS=1) do: the
-    same arithmetic, so the same weights bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+# Train in this process on one thread, as the subprocesses (OMP_NUM_THREADS=1) do: the same
+# arithmetic, so the same weights bit for bit.
+one_thread = probe.one_thread
 
 
 def _reference_run(corpus: Path, out: Path, steps: int, monkeypatch) -> dict[int, str]:
