@@ -44,7 +44,7 @@ from contextbot.data import Streams, encode_conversation
 from contextbot.errors import ContextbotError
 from contextbot.train import TrainOptions, train
 
-from .conftest import SHIPPED_GRU, TINY_CORPUS, make_model
+from .conftest import SHIPPED_GRU, SHIPPED_MODEL_GAP, TINY_CORPUS, make_model
 
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "COLUMNS": "400"}  # COLUMNS: see test_ctrl_c_...
 
@@ -594,16 +594,12 @@ def _rss_bytes() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc")
-def test_a_1000_turn_conversation_stays_fast_small_and_right():
+def _thousand_turns():
     """1000 turns without a reset (a 50-turn script of introductions, follow-ups and small talk,
-    20 times): the memory does not grow, a turn costs no more at the end than at the start (CPU
-    time per character, the same questions at both ends), ‖h‖ stays within its bound, and the bot
-    still answers the Tom Cruise dialogue."""
+    20 times) on the shipped GRU; returns the session and what was measured on the way."""
+    from contextbot.corpus import DEFAULT_FACTS
     from contextbot.dialogue import training_conversation
     from contextbot.facts import load_facts
-    from contextbot.corpus import DEFAULT_FACTS
 
     s = ChatSession.load(SHIPPED_GRU)
     rng = random.Random(11)
@@ -612,7 +608,6 @@ def test_a_1000_turn_conversation_stays_fast_small_and_right():
     while len(script) < 50:
         script += [t.question for t in training_conversation(rng, entities)]
     script = script[:50]
-    bound = s.model.config.hidden ** 0.5  # |h_i| < 1 for a GRU: ‖h‖ < sqrt(hidden)
     times, norms = [], []
     for turn in range(1000):
         if turn == 100:
@@ -626,7 +621,17 @@ def test_a_1000_turn_conversation_stays_fast_small_and_right():
         norms.append(max(s.norms()))
         assert torch.isfinite(s.state).all()
     gc.collect()
-    growth_mb = (_rss_bytes() - rss_100) / 2**20
+    return s, (_rss_bytes() - rss_100) / 2**20, times, norms
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc")
+def test_a_1000_turn_conversation_stays_fast_small_and_finite():
+    """After 1000 turns the memory has not grown, a turn costs no more at the end than at the
+    start (CPU time per character, the same questions at both ends), ‖h‖ stays within its bound,
+    and a reset gives back exactly a fresh bot."""
+    s, growth_mb, times, norms = _thousand_turns()
+    bound = s.model.config.hidden ** 0.5  # |h_i| < 1 for a GRU: ‖h‖ < sqrt(hidden)
     first, last = statistics.median(times[:100]), statistics.median(times[-100:])
     print(f"RSS growth over turns 100-1000: {growth_mb:.2f} MB; median CPU time per character "
           f"{first * 1e6:.0f} µs (first 100 turns) and {last * 1e6:.0f} µs (last 100); "
@@ -634,9 +639,16 @@ def test_a_1000_turn_conversation_stays_fast_small_and_right():
     assert growth_mb < 5
     assert last < 1.5 * first  # a ratio, not a time limit
     assert max(norms) < bound
-    # Still right at the end: carried over the whole conversation, and after a reset.
-    assert s.ask("Who is Tom Cruise?") == "He is an American actor."
-    assert s.ask("Where does he live?") == "He lives in Beverly Hills."
     s.reset()
+    fresh = ChatSession.load(SHIPPED_GRU)
+    for q in ("Who is Megan Fox?", "Where does she live?", "Who is Tom Cruise?", "Where does he live?"):
+        assert s.ask(q) == fresh.ask(q)
+
+
+@pytest.mark.slow
+@SHIPPED_MODEL_GAP
+def test_after_1000_turns_the_bot_still_follows_a_new_introduction():
+    """Carried over the whole conversation, a new introduction still sets who "he" means."""
+    s, *_ = _thousand_turns()
     assert s.ask("Who is Tom Cruise?") == "He is an American actor."
     assert s.ask("Where does he live?") == "He lives in Beverly Hills."
