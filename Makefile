@@ -28,9 +28,11 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''
 
 # The three shipped checkpoints, from the shipped corpus (the times are in README's results table).
-# One thread each: that is how they were trained, two at a time on the two cores.
+# One thread each, as they were trained. The GRU's second command is a warm restart to 6000 steps.
+# lstm and rnn: the commands for issue 3; those checkpoints are not shipped yet.
 checkpoints: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/contextbot train --cell gru --out checkpoints/gru.safetensors
+	OMP_NUM_THREADS=1 $(BIN)/contextbot train --out checkpoints/gru.safetensors --steps 6000 --resume
 	OMP_NUM_THREADS=1 $(BIN)/contextbot train --cell lstm --steps 1500 --out checkpoints/lstm.safetensors
 	OMP_NUM_THREADS=1 $(BIN)/contextbot train --cell rnn --steps 1500 --out checkpoints/rnn.safetensors
 

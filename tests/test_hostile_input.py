@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from contextbot import ChatSession, checkpoint
 from contextbot.session import MAX_QUESTION, MAX_REPLY
 
-from .conftest import SHIPPED_MODEL_GAP, make_model
+from .conftest import make_model
 
 HOSTILE = [
     "\x1b[31m", "\x1b[2J\x1b[H", "\x1b]0;pwned\x07", "\x1b]52;c;cHduZWQ=\x07", "\x9b6n",  # ANSI / OSC / C1
@@ -197,7 +197,6 @@ def test_hostile_input_leaves_nothing_behind_a_reset(shipped_gru, hostile):
     s.reset()
 
 
-@SHIPPED_MODEL_GAP
 def test_after_hostile_input_and_reset_the_shipped_bot_still_answers(shipped_gru):
     """The issue's wording: after all of the hostile pieces and pastes, and `reset()`, the seed
     dialogue is answered right (a property of the trained checkpoint, not only of the code)."""

@@ -9,8 +9,6 @@ import torch
 from contextbot import ChatSession
 from contextbot.session import MAX_QUESTION, MAX_REPLY, clean_question
 
-from .conftest import SHIPPED_MODEL_GAP
-
 
 def test_ask_feeds_the_question_and_the_reply_into_the_state(tiny_checkpoint):
     s = ChatSession.load(tiny_checkpoint)
@@ -84,7 +82,6 @@ def test_load_defaults_to_env_checkpoint(tiny_checkpoint, monkeypatch):
 
 # -- the shipped checkpoint ------------------------------------------------------------------
 
-@SHIPPED_MODEL_GAP
 def test_shipped_gru_answers_tom_cruise_and_megan_fox(shipped_gru):
     s = shipped_gru
     s.reset()
@@ -96,7 +93,6 @@ def test_shipped_gru_answers_tom_cruise_and_megan_fox(shipped_gru):
     s.reset()
 
 
-@SHIPPED_MODEL_GAP
 def test_cli_ask_arguments_and_stdin(shipped_gru):
     args = ["Who is Tom Cruise?", "Where does he live?"]
     r = subprocess.run([sys.executable, "-m", "contextbot", "ask", *args], capture_output=True, text=True)
