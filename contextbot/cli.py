@@ -96,12 +96,9 @@ def cmd_train(args) -> int:
     from .checkpoint import check_writable
     from .train import main_json, options_from_args, train
     check_writable(args.out)  # now, not when the first checkpoint is written
+    o = options_from_args(args)
     if args.valid == "none":
-        args.valid = None
-        o = options_from_args(args)
         o.valid = None
-    else:
-        o = options_from_args(args)
     summary = train(o)
     if o.json and summary is not None:  # under torchrun, only rank 0 has a summary to print
         main_json(summary)

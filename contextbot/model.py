@@ -167,7 +167,3 @@ def layer_norms(state: State) -> tuple[float, ...]:
     h = hidden_of(state)
     return tuple(float(x) for x in torch.linalg.vector_norm(h[:, 0], dim=-1))
 
-
-def initial_loss(vocab_size: int) -> float:
-    """The loss of a model that knows nothing: ln(vocab), in nats."""
-    return math.log(vocab_size)

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_sequence, pad_packed_sequence
 
 from . import checkpoint, gates
 from .corpus import REPO
-from .model import State, layer_norms
+from .model import State, layer_norms, mask_state
 
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "gru.safetensors"
 MAX_QUESTION = 1000  # characters; longer input is refused
@@ -185,10 +186,8 @@ class BatchSession:
     def run(self, conversations: list[list[str]], zero_before: list[set[int]] | None = None) -> list[list[str]]:
         """Talk each list of questions through from a zero state; return the replies.
         `zero_before[b]` lists turn indices whose state is zeroed first (the stateless comparison)."""
-        from torch.nn.utils.rnn import pack_sequence
-
-        from .model import mask_state
         model, tok = self.model, self.tokenizer
+        line_ends = torch.tensor(sorted(tok.line_end_ids), device=self.device)
         n = len(conversations)
         state = model.zero_state(n, self.device)
         replies: list[list[str]] = [[] for _ in range(n)]
@@ -202,7 +201,7 @@ class BatchSession:
             prompts = [torch.tensor(tok.encode(prompt(clean_question(conversations[b][turn]))),
                                     device=self.device) for b in active]
             packed = pack_sequence(prompts, enforce_sorted=False)
-            out, sub = model.rnn(torch.nn.utils.rnn.PackedSequence(
+            out, sub = model.rnn(PackedSequence(
                 model.embedding(packed.data), packed.batch_sizes, packed.sorted_indices,
                 packed.unsorted_indices), sub)
             last = _last_outputs(out)
@@ -211,7 +210,7 @@ class BatchSession:
             done = torch.zeros(len(active), dtype=torch.bool, device=self.device)
             for _ in range(MAX_REPLY):
                 nxt = logits.argmax(-1)
-                done |= torch.isin(nxt, torch.tensor(sorted(tok.line_end_ids), device=self.device))
+                done |= torch.isin(nxt, line_ends)
                 if bool(done.all()):
                     break
                 for i in torch.nonzero(~done).flatten().tolist():
@@ -245,7 +244,6 @@ def _call(model, tokens: torch.Tensor, state: State):
 
 def _last_outputs(packed_out) -> torch.Tensor:
     """The output at each sequence's last step, in the original order, from a packed output."""
-    from torch.nn.utils.rnn import pad_packed_sequence
     padded, lengths = pad_packed_sequence(packed_out, batch_first=True)
     return padded[torch.arange(len(lengths)), lengths - 1]
 
