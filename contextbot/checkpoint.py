@@ -232,11 +232,14 @@ def _check_sizes(name: str, config: ModelConfig, weights: dict[str, torch.Tensor
     """Check the config's sizes against the file's own tensors *before* building the model.
 
     Building first would let a hostile config (hidden = 10**9, layers = 10**6) make us allocate
-    terabytes or spin for minutes. The embedding (vocab, embed), the head (vocab, hidden) and the
-    number of layers pin every size, so once they agree the model is no bigger than the file.
+    terabytes or spin for minutes. The embedding (vocab, embed), the head (vocab, hidden), the
+    referent head if any, and the number of layers pin every size, so once they agree the model is no bigger than the file.
     """
-    for key, shape in (("embedding.weight", (config.vocab_size, config.embed)),
-                       ("head.weight", (config.vocab_size, config.hidden))):
+    pinned = [("embedding.weight", (config.vocab_size, config.embed)),
+              ("head.weight", (config.vocab_size, config.hidden))]
+    if config.referents:  # the training-only referent head (referents.py) is sized by the config too
+        pinned.append(("referent_head.weight", (2 * config.referents, config.hidden)))
+    for key, shape in pinned:
         if key not in weights:
             raise ContextbotError(f"{name}: weights do not match the config (missing {key})")
         if tuple(weights[key].shape) != shape:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .corpus import Conversation
+from .referents import Referents
 from .tokenizer import Tokenizer
 
 
@@ -38,6 +39,8 @@ class Encoded:
     tokens: torch.Tensor  # (n,) int32: the whole conversation
     weights: torch.Tensor  # (n - 1,) float32: the loss weight of each target
     chars: torch.Tensor  # (n - 1,) int16: characters each target token adds (for bits per *character*)
+    # (n - 1, 2) int16: who "he" and "she" mean once input t is read (referents.py), or None
+    referents: torch.Tensor | None = None
 
     @property
     def inputs(self) -> torch.Tensor:
@@ -48,17 +51,29 @@ class Encoded:
         return self.tokens[1:]
 
 
-def encode_conversation(conv: Conversation, tok: Tokenizer, answer_weight: float) -> Encoded:
-    """Encode `Q: q\\nA: ` and `answer\\n` separately, exactly as chat feeds and generates them."""
+def encode_conversation(conv: Conversation, tok: Tokenizer, answer_weight: float,
+                        referents: Referents | None = None) -> Encoded:
+    """Encode `Q: q\\nA: ` and `answer\\n` separately, exactly as chat feeds and generates them.
+
+    With `referents`, each input position is also labelled with who "he" and "she" mean there:
+    the question's characters with the referents before the turn, from its `\\nA: ` on (the
+    state that must produce the answer) with the referents after it."""
     ids: list[int] = []
     w: list[float] = []
-    for q, a in conv.turns:
+    labels: list[tuple[int, int]] = []
+    tail = len(tok.encode("\nA: "))
+    turns = referents.turns(conv) if referents is not None else None
+    for k, (q, a) in enumerate(conv.turns):
         prompt = tok.encode(f"Q: {q}\nA: ")
         reply = tok.encode(f"{a}\n")
         ids += prompt + reply
         w += [1.0] * len(prompt) + [answer_weight] * len(reply)
+        if turns is not None:
+            before, after = turns[k]
+            labels += [before] * (len(prompt) - tail) + [after] * (tail + len(reply))
     return Encoded(torch.tensor(ids, dtype=torch.int32), torch.tensor(w[1:], dtype=torch.float32),
-                   torch.tensor([tok.char_count(t) for t in ids[1:]], dtype=torch.int16))
+                   torch.tensor([tok.char_count(t) for t in ids[1:]], dtype=torch.int16),
+                   torch.tensor(labels[:-1], dtype=torch.int16) if turns is not None else None)
 
 
 @dataclass
@@ -68,6 +83,10 @@ class Batch:
     weights: torch.Tensor  # (batch, seq_len) loss weights, 0 on padding
     chars: torch.Tensor  # (batch, seq_len) characters per target, 0 on padding
     keep: torch.Tensor  # (batch,) 0 where a conversation starts in this chunk: zero the state
+    referents: torch.Tensor  # (batch, seq_len, 2) referent classes; IGNORE on padding or unlabelled
+
+
+IGNORE = -100  # cross_entropy's ignore_index: no referent loss here
 
 
 class Streams:
@@ -89,6 +108,7 @@ class Streams:
         self.targets = torch.zeros(batch, n, dtype=torch.int32)
         self.weights = torch.zeros(batch, n)
         self.chars = torch.zeros(batch, n, dtype=torch.int16)
+        self.referents = torch.full((batch, n, 2), IGNORE, dtype=torch.int16)
         self.starts = torch.zeros(batch, self.num_chunks, dtype=torch.bool)
         for s, convs in enumerate(streams):
             pos = 0
@@ -100,6 +120,8 @@ class Streams:
                 self.targets[s, pos:pos + k] = e.targets
                 self.weights[s, pos:pos + k] = e.weights
                 self.chars[s, pos:pos + k] = e.chars
+                if e.referents is not None:
+                    self.referents[s, pos:pos + k] = e.referents
                 pos += -(-k // seq_len) * seq_len
             if pos < n:
                 self.starts[s, pos // seq_len] = True  # padding after the last one: a fresh state
@@ -108,7 +130,8 @@ class Streams:
     def chunk(self, c: int) -> Batch:
         sl = slice(c * self.seq_len, (c + 1) * self.seq_len)
         return Batch(self.inputs[:, sl].long(), self.targets[:, sl].long(), self.weights[:, sl],
-                     self.chars[:, sl].float(), (~self.starts[:, c]).float())
+                     self.chars[:, sl].float(), (~self.starts[:, c]).float(),
+                     self.referents[:, sl].long())
 
 
 class BatchSchedule:
@@ -131,6 +154,69 @@ class BatchSchedule:
             self._epoch += 1
             self._streams = Streams(self.encoded, self.batch, self.seq_len, self.seed, self._epoch)
         return self._streams.chunk(step - self._first)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+
+class ConversationBatches:
+    """Whole conversations as batches: full backpropagation through time, no truncation.
+
+    With `Streams`, a conversation is cut into `seq_len` chunks and gradients stop at every chunk
+    edge, so a pronoun question in a later chunk than its introduction teaches the model nothing
+    about *storing* the name. Here every step takes `batch` whole conversations of similar length
+    (each padded only to the longest of its batch) and starts them all from the zero state, so
+    every dependency in a conversation, however far back, gets its gradient.
+
+    Each epoch shuffles the conversations with (seed, epoch), sorts them by length within pools
+    of `pool` batches, cuts the pools into batches and shuffles the batches: little padding, and
+    no order of lengths that the model could learn from. Same `get(step)` contract as
+    `BatchSchedule`: step s always sees the same batch.
+    """
+
+    def __init__(self, encoded: list[Encoded], batch: int, seed: int, pool: int = 16):
+        self.encoded, self.batch, self.seed, self.pool = encoded, batch, seed, pool
+        self._epoch, self._batches, self._first = -1, None, 0
+
+    def _plan(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(f"{self.seed}-{epoch}")
+        order = list(range(len(self.encoded)))
+        rng.shuffle(order)
+        size = self.batch * self.pool
+        batches = []
+        for p in range(0, len(order), size):
+            group = sorted(order[p:p + size], key=lambda i: len(self.encoded[i].inputs))
+            batches += [group[k:k + self.batch] for k in range(0, len(group), self.batch)]
+        rng.shuffle(batches)
+        # Every batch needs `batch` conversations (DDP shards them); a short last one borrows.
+        for b in batches:
+            while len(b) < self.batch:
+                b.append(order[len(b) % len(order)])
+        return batches
+
+    def get(self, step: int) -> Batch:
+        if self._batches is None or step < self._first:
+            self._epoch, self._first, self._batches = 0, 0, self._plan(0)
+        while step >= self._first + len(self._batches):
+            self._first += len(self._batches)
+            self._epoch += 1
+            self._batches = self._plan(self._epoch)
+        convs = [self.encoded[i] for i in self._batches[step - self._first]]
+        n = max(len(e.inputs) for e in convs)
+        b = len(convs)
+        inputs = torch.zeros(b, n, dtype=torch.long)
+        targets = torch.zeros(b, n, dtype=torch.long)
+        weights = torch.zeros(b, n)
+        chars = torch.zeros(b, n)
+        referents = torch.full((b, n, 2), IGNORE, dtype=torch.long)
+        for s, e in enumerate(convs):
+            k = len(e.inputs)
+            inputs[s, :k], targets[s, :k] = e.inputs, e.targets
+            weights[s, :k], chars[s, :k] = e.weights, e.chars
+            if e.referents is not None:
+                referents[s, :k] = e.referents
+        return Batch(inputs, targets, weights, chars, torch.zeros(b), referents)
 
     @property
     def epoch(self) -> int:

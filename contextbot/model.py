@@ -52,10 +52,13 @@ class ModelConfig:
     chrono_tmax: float = 400.0  # 0 disables chrono initialisation
     chrono_fraction: float = 1.0  # share of units given chrono memory times; the rest start fast
     chrono_spread: str = "log"  # memory times spread "log"-uniformly, or "uniform" as in the paper
+    referents: int = 0  # classes of the referent probe head (training's auxiliary signal); 0: none
 
     def __post_init__(self):
         if self.cell not in CELLS:
             raise ContextbotError(f"unknown cell {self.cell!r} (choose from {', '.join(CELLS)})")
+        if not isinstance(self.referents, int) or self.referents < 0:
+            raise ContextbotError("model config: referents must be a non-negative integer")
         for name in ("vocab_size", "embed", "hidden", "layers"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ContextbotError(f"model config: {name} must be a positive integer")
@@ -92,6 +95,8 @@ class RecurrentLM(nn.Module):
                            dropout=c.dropout if c.layers > 1 else 0.0)
         self.drop = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.hidden, c.vocab_size)
+        # Training only: reads who "he" and "she" mean off the hidden state (referents.py).
+        self.referent_head = nn.Linear(c.hidden, 2 * c.referents) if c.referents else None
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -132,11 +137,20 @@ class RecurrentLM(nn.Module):
         h = torch.zeros(c.layers, batch, c.hidden, device=device)
         return (h, torch.zeros_like(h)) if c.cell == "lstm" else h
 
-    def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """tokens (batch, seq) -> logits (batch, seq, vocab), and the state after the last token."""
+    def forward(self, tokens: torch.Tensor, state: State | None = None, *, referents: bool = False):
+        """tokens (batch, seq) -> logits (batch, seq, vocab), and the state after the last token.
+
+        With `referents=True` (training), also the referent head's logits, (batch, seq, 2, classes):
+        who "he" and "she" mean after each token, read off the hidden state."""
         x = self.drop(self.embedding(tokens))  # (batch, seq, embed)
         out, state = self.rnn(x, state)  # (batch, seq, hidden)
-        return self.head(self.drop(out)), state
+        logits = self.head(self.drop(out))
+        if referents:
+            if self.referent_head is None:
+                raise ValueError("this model has no referent head")
+            who = self.referent_head(out).unflatten(-1, (2, self.config.referents))
+            return logits, state, who
+        return logits, state
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,7 +1,8 @@
 """`contextbot train`: truncated BPTT over parallel streams, with exact resume.
 
-One readable loop: batch, reset the state where conversations start, forward, weighted loss,
-backward, clip, step, detach, log, evaluate, checkpoint, stop. Everything a resumed run needs to
+One readable loop: batch, reset the state where conversations start, forward, weighted loss (plus
+the referent head's loss, referents.py), backward, clip, step, detach, log, evaluate, checkpoint,
+stop. Everything a resumed run needs to
 continue bit for bit on CPU (Adam's moments, the carried state, the RNG, the step) is saved in the
 checkpoint; the batch for a step is a pure function of (seed, step), so it need not be saved.
 
@@ -18,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,10 +29,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import checkpoint, distributed
-from .corpus import CorpusStats, DEFAULT_TRAIN, DEFAULT_VALID, read_conversations
-from .data import BatchSchedule, Encoded, Streams, encode_conversation
+from .corpus import DEFAULT_FACTS, CorpusStats, DEFAULT_TRAIN, DEFAULT_VALID, read_conversations
+from .data import IGNORE, BatchSchedule, ConversationBatches, Encoded, Streams, encode_conversation
 from .errors import ContextbotError
+from .facts import load_facts
 from .model import ModelConfig, RecurrentLM, State, detach_state, mask_state
+from .referents import Referents
 from .tokenizer import Tokenizer
 
 LN2 = math.log(2)
@@ -56,10 +60,12 @@ class TrainOptions:
     weight_decay: float = 0.0
     clip: float = 1.0
     answer_weight: float = 3.0
+    referent_weight: float = 1.0  # the auxiliary "who is he / she" loss (referents.py); 0 = off
+    facts: str = str(DEFAULT_FACTS)  # the people that loss knows
     chrono_tmax: float = 400.0
     chrono_fraction: float = 1.0
     chrono_spread: str = "log"
-    steps: int = 3000
+    steps: int = 4000
     minutes: float | None = None
     seed: int = 0
     checkpoint_every: int = 250
@@ -71,15 +77,16 @@ class TrainOptions:
 
     # Options that shape the model or the data: fixed by the checkpoint when resuming.
     RECIPE = ("cell", "hidden", "layers", "embed", "dropout", "batch", "seq_len", "lr",
-              "min_lr_ratio", "warmup", "weight_decay", "clip", "answer_weight", "chrono_tmax",
-              "chrono_fraction", "chrono_spread",
-              "seed", "tokenizer", "vocab_size")
+              "min_lr_ratio", "warmup", "weight_decay", "clip", "answer_weight", "referent_weight",
+              "chrono_tmax", "chrono_fraction", "chrono_spread", "seed", "tokenizer", "vocab_size")
 
     def recipe(self) -> dict:
         return {k: getattr(self, k) for k in self.RECIPE}
 
     def validate(self) -> None:
-        for name in ("hidden", "layers", "embed", "batch", "seq_len", "steps", "checkpoint_every",
+        if self.seq_len < 0:
+            raise ContextbotError("--seq-len must be at least 1, or 0 for whole conversations")
+        for name in ("hidden", "layers", "embed", "batch", "steps", "checkpoint_every",
                      "eval_every", "warmup", "vocab_size"):
             if getattr(self, name) < 1:
                 raise ContextbotError(f"--{name.replace('_', '-')} must be at least 1")
@@ -89,6 +96,8 @@ class TrainOptions:
             raise ContextbotError("--minutes must be positive")
         if not 0 <= self.dropout < 1:
             raise ContextbotError("--dropout must be in [0, 1)")
+        if not self.referent_weight >= 0:
+            raise ContextbotError("--referent-weight must be at least 0")
 
 
 class CtrlC:
@@ -231,8 +240,13 @@ def _check_training_state(out: Path, t: dict[str, torch.Tensor], model: Recurren
                                   f"{tuple(v.shape)} {v.dtype}, the run needs {want})")
 
 
-def train(o: TrainOptions, console: Console | None = None) -> dict | None:
+def train(o: TrainOptions, console: Console | None = None,
+          on_checkpoint: Callable[[int, RecurrentLM], bool] | None = None) -> dict | None:
     """Train (or resume) and return the summary that `--json` prints.
+
+    `on_checkpoint(step, model)`, if given, runs after every periodic checkpoint with the clock
+    stopped (its time counts in no figure); returning True stops training there. The benchmarks
+    use it to measure time to accuracy.
 
     Under torchrun this is one rank of a DistributedDataParallel job (see distributed.py): only
     rank 0 prints, evaluates, writes the checkpoint and returns the summary; the others return None.
@@ -254,6 +268,7 @@ def train(o: TrainOptions, console: Console | None = None) -> dict | None:
                 raise ContextbotError(f"{out}: nothing to resume (no such checkpoint)")
             resumed = checkpoint.load(out)
             recipe = _saved_recipe(out, resumed.train_options)
+            recipe.setdefault("referent_weight", 0.0)  # checkpoints from before the referent signal
             if resumed.metadata.get("corpus_sha256") != stats.sha256:
                 raise ContextbotError(f"{out}: was trained on a different corpus than {o.corpus}")
             for k, v in recipe.items():
@@ -264,17 +279,27 @@ def train(o: TrainOptions, console: Console | None = None) -> dict | None:
             lines = (f"{p}{t}" for c in convs for q, a in c.turns for p, t in (("Q: ", q), ("A: ", a)))
             tok = Tokenizer.train(lines, kind=o.tokenizer, vocab_size=o.vocab_size)
         world.check(o.batch)  # --batch is the total: every rank takes batch / world.size streams
-        encoded = [encode_conversation(c, tok, o.answer_weight) for c in convs]
+        referents = None
+        if o.referent_weight > 0:
+            referents = Referents(load_facts(o.facts))
+            if not referents.names_any(convs):
+                if world.is_main:
+                    console.print(f"note: the corpus names nobody from {o.facts}: training without "
+                                  "the referent signal", highlight=False)
+                referents = None
+        encoded = [encode_conversation(c, tok, o.answer_weight, referents) for c in convs]
         valid_encoded = None
         if o.valid:
             valid_encoded = [encode_conversation(c, tok, 1.0) for c in read_conversations(o.valid)]
-        schedule = BatchSchedule(encoded, o.batch, o.seq_len, o.seed)
+        schedule = (ConversationBatches(encoded, o.batch, o.seed) if o.seq_len == 0
+                    else BatchSchedule(encoded, o.batch, o.seq_len, o.seed))
 
         # -- model and optimizer --------------------------------------------------------------
         torch.manual_seed(o.seed)  # the same initial weights on every rank
         config = ModelConfig(vocab_size=tok.vocab_size, cell=o.cell, embed=o.embed, hidden=o.hidden,
                              layers=o.layers, dropout=o.dropout, chrono_tmax=o.chrono_tmax,
-                             chrono_fraction=o.chrono_fraction, chrono_spread=o.chrono_spread)
+                             chrono_fraction=o.chrono_fraction, chrono_spread=o.chrono_spread,
+                             referents=referents.classes if referents is not None else 0)
         model = RecurrentLM(config).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         start, state = 0, None
@@ -328,9 +353,17 @@ def train(o: TrainOptions, console: Console | None = None) -> dict | None:
                 for g in opt.param_groups:
                     g["lr"] = learning_rate(o, step)
 
-                logits, state = net(x, state)  # (batch, seq, vocab)
+                if referents is None:
+                    logits, state = net(x, state)  # (batch, seq, vocab)
+                else:  # also who "he" and "she" mean, read off the state: (batch, seq, 2, classes)
+                    logits, state, who = net(x, state, referents=True)
                 ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(w)
                 loss = batch_loss(ce, w, world)  # the weighted mean over all ranks' streams
+                if referents is not None:
+                    r = b.referents.to(device)
+                    ce_who = F.cross_entropy(who.flatten(0, 2), r.flatten(), ignore_index=IGNORE,
+                                             reduction="none").view_as(r)
+                    loss = loss + o.referent_weight * batch_loss(ce_who, (r != IGNORE).float(), world)
 
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -358,6 +391,12 @@ def train(o: TrainOptions, console: Console | None = None) -> dict | None:
                 progress.update(task, completed=step, info=info)
                 if step % o.checkpoint_every == 0:
                     save(step)
+                    if on_checkpoint is not None and world.size == 1:
+                        paused = time.perf_counter()
+                        out_of_time = out_of_time or bool(on_checkpoint(step, model))
+                        paused = time.perf_counter() - paused
+                        t0 += paused  # stop the clock while the callback ran
+                        deadline = deadline + paused if deadline is not None else None
     except KeyboardInterrupt:
         # Mid-step (a second Ctrl-C, or any Ctrl-C under torchrun, where the other ranks may be
         # anywhere or gone): what is in memory may mix two steps. The last checkpoint stands.

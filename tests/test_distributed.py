@@ -117,7 +117,7 @@ def test_the_averaged_rank_gradients_are_the_single_process_gradient(tiny_corpus
 
 def test_shards_cover_the_batch_and_the_state_streams():
     full = torch.arange(6 * 4).view(6, 4)  # 6 streams
-    b = Batch(full, full, full.float(), full.float(), torch.arange(6).float())
+    b = Batch(full, full, full.float(), full.float(), torch.arange(6).float(), full)
     parts = [distributed.World(rank=r, size=3).shard(b) for r in range(3)]
     assert [p.inputs[:, 0].tolist() for p in parts] == [[0, 12], [4, 16], [8, 20]]
     assert sorted(torch.cat([p.keep for p in parts]).tolist()) == list(range(6))

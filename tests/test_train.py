@@ -9,7 +9,8 @@ from contextbot import checkpoint
 from contextbot.errors import ContextbotError
 from contextbot.train import TrainOptions, learning_rate, train
 
-TINY = dict(hidden=16, embed=8, batch=2, seq_len=24, eval_every=3, checkpoint_every=2, json=True)
+TINY = dict(hidden=16, embed=8, batch=2, seq_len=24, eval_every=3, checkpoint_every=2, json=True,
+            referent_weight=0.0)  # the referent signal has tests of its own (test_referents.py)
 
 
 def _opts(tiny_corpus, out, **kw):
@@ -114,3 +115,52 @@ def test_cli_help_states_the_real_defaults():
         m = re.search(re.escape(flag) + r" \S+ .*?\(default ([^)\s;]+)", help_text)
         assert m, flag
         assert float(m.group(1)) == float(value), (flag, m.group(1), value)
+
+
+def test_on_checkpoint_sees_every_checkpoint_and_can_stop_training(tiny_corpus, tmp_path):
+    seen = []
+
+    def hook(step, model):
+        seen.append(step)
+        return step == 4  # "target reached"
+
+    out = tmp_path / "m.safetensors"
+    s = train(_opts(tiny_corpus, out, steps=10), on_checkpoint=hook)
+    assert seen == [2, 4] and s["steps"] == 4 and checkpoint.load(out).step == 4
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_whole_conversation_training_resumes_exactly(tiny_corpus, tmp_path, cell):
+    """--seq-len 0: whole conversations per step, each from a zero state; resume is still exact."""
+    full, part = tmp_path / "full.safetensors", tmp_path / "part.safetensors"
+    train(_opts(tiny_corpus, full, steps=7, cell=cell, seq_len=0))
+    train(_opts(tiny_corpus, part, steps=3, cell=cell, seq_len=0))
+    train(_opts(tiny_corpus, part, steps=7, resume=True))
+    a, b = _weights(full), _weights(part)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged"
+
+
+def test_whole_conversation_batches_cover_every_conversation_once_an_epoch():
+    from contextbot.data import ConversationBatches, Encoded
+
+    def conv(n, tag):
+        return Encoded(torch.full((n,), tag, dtype=torch.int32), torch.ones(n - 1),
+                       torch.ones(n - 1, dtype=torch.int16))
+
+    encoded = [conv(3 + (i * 7) % 20, i) for i in range(40)]
+    sched = ConversationBatches(encoded, batch=4, seed=0, pool=2)
+    seen = []
+    step = 0
+    while sched.get(step) is not None and sched.epoch == 0:
+        b = sched.get(step)
+        assert b.inputs.shape[0] == 4 and not b.keep.any()  # every row starts from zeros
+        for row, w in zip(b.inputs, b.weights):
+            n = int((w > 0).sum())  # real targets; padding weighs 0
+            tag = int(row[0])
+            assert n == len(encoded[tag].inputs) and (row[:n] == tag).all() and (row[n:] == 0).all()
+            seen.append(tag)
+        step += 1
+    assert sorted(seen) == list(range(40))
+    # Sorting within pools keeps padding small: these lengths differ by up to 19 tokens.
+    pads = [float((sched.get(s).weights == 0).float().mean()) for s in range(step)]
+    assert sum(pads) / len(pads) < 0.25
