@@ -10,8 +10,8 @@ This is the API every tool uses (the CLI, the terminal UI, the evaluation, the i
     s.carry = False                      # every turn from a zeroed state: the stateless comparison
 
 A turn feeds `Q: {text}\\nA: ` in one forward call on top of the carried state, then generates
-one token at a time until the end of the line, and feeds that newline too, so the bot's own reply
-becomes part of what it remembers. The model itself is stateless; the session owns the state.
+one token at a time (with `Stepper`, the equations written out) until the end of the line, and
+feeds that newline too, so the bot's own reply becomes part of what it remembers. The model itself is stateless; the session owns the state.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_sequence, pad_packed_sequence
 
 from . import checkpoint, gates
+from .stepper import Stepper
 from .corpus import REPO
 from .model import State, layer_norms, mask_state
 
@@ -92,6 +93,7 @@ class ChatSession:
         self.chars_seen = 0  # characters of context fed since the last reset
         self.state: State = self.model.zero_state(1, self.device)
         self._last: tuple[State, int] | None = None  # (state before, token) of the last step
+        self._stepper = Stepper(self.model)  # one generated token per call, fast (stepper.py)
 
     @classmethod
     def load(cls, path: str | Path | None = None, **kwargs) -> "ChatSession":
@@ -134,11 +136,11 @@ class ChatSession:
         decoder = tok.decoder()
         try:
             for _ in range(MAX_REPLY):
-                nxt = self._pick(logits[0, -1])
+                nxt = self._pick(logits[0, -1] if logits.dim() == 3 else logits)
                 if nxt in tok.line_end_ids:
                     break
                 self._last = (self.state, nxt)
-                logits, self.state = _call(model, torch.tensor([[nxt]], device=self.device), self.state)
+                logits, self.state = self._stepper.step(nxt, self.state)
                 text_piece = decoder.push(nxt)
                 self.chars_seen += len(text_piece)
                 norms = layer_norms(self.state)
@@ -148,7 +150,7 @@ class ChatSession:
                 yield StreamStep(ch, layer_norms(self.state))
         finally:
             # The reply's newline is part of the conversation, as it was in training.
-            _, self.state = _call(model, torch.tensor([[tok.newline_id]], device=self.device), self.state)
+            _, self.state = self._stepper.step(tok.newline_id, self.state)
             self.chars_seen += 1
 
     def trace_last(self) -> "gates.StepTrace | None":
