@@ -46,7 +46,7 @@ from .checkpoint import load as load_checkpoint
 from .errors import ContextbotError, read_text
 from .evaluate import SEED_DIALOGUE
 from .model import RecurrentLM, State, hidden_of
-from .session import MAX_REPLY, ChatSession, clean_question, default_checkpoint, prompt
+from .session import MAX_REPLY, ChatSession, clean_question, default_checkpoint, prompt, visible
 from .tokenizer import Tokenizer
 
 TOP_K = 5  # next characters kept per step
@@ -335,7 +335,8 @@ def print_table(ckpt: Checkpoint, turns: list[TurnTrace], console: Console) -> N
         norms = [f"{a:.2f} → {b:.2f}" for a, b in zip(s["norm_in"], s["norm_out"])]
         cos = [("—" if c is None else f"{c:.2f}") + f" / {d:.2f}"
                for c, d in zip(s["cosine_to_previous"], s["distance_to_previous"])]
-        table.add_row(str(n), Text(turn.question), Text(turn.reply), Text(turn.reply_zeroed), changed,
+        table.add_row(str(n), Text(visible(turn.question)), Text(visible(turn.reply)),
+                      Text(visible(turn.reply_zeroed)), changed,
                       _layers(norms, str), _layers(cos, str),
                       _layers(s["gate_means"], _gates_line),
                       _layers(s["saturated"], lambda d: _gates_line(d, percent=True)))
@@ -366,7 +367,7 @@ def print_units(ckpt: Checkpoint, units: Units, turns: list[TurnTrace], console:
         style = _shade(max(0.0, float(units.score[units.char_step[i]])) / top)
         if units.span[0] <= i < units.span[1]:
             style = (style or "") + " underline"
-        line.append(ch, style=style)
+        line.append(visible(ch), style=style)  # the model's text: no escape sequences
     if line:
         console.print(line)
     grid = Table(title="mean z-score of each unit per turn (oriented: on is positive)")

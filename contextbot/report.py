@@ -7,13 +7,14 @@ import sys
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import evaluate
 from .corpus import DEFAULT_FACTS, DEFAULT_VALID, read_conversations
 from .data import encode_conversation
 from .facts import load_facts
-from .session import ChatSession
+from .session import ChatSession, visible
 from .train import evaluate_bpc
 
 
@@ -70,7 +71,9 @@ def print_report(r: dict, console: Console) -> None:
     console.print("seed dialogue:")
     for t in r["seed_dialogue"]:
         mark = "[green]✓[/]" if t["right"] else "[red]✗[/]"
-        console.print(f"  {mark} Q: {t['question']}\n      A: {t['reply']}", highlight=False)
+        # The reply is the model's: made printable (no escape sequences) and never read as markup.
+        console.print(f"  {mark} Q: {escape(visible(t['question']))}\n      A: {escape(visible(t['reply']))}",
+                      highlight=False)
 
 
 def run_eval(args) -> int:
