@@ -427,7 +427,8 @@ def train(o: TrainOptions, console: Console | None = None,
         "train_bpc": round(sum(recent) / len(recent), 4) if recent else None,
         "valid_bpc": round(valid_bpc, 4) if valid_bpc is not None else None,
         "config": {"cell": o.cell, "vocab_size": tok.vocab_size, "embed": o.embed,
-                   "hidden": o.hidden, "layers": o.layers, "batch": o.batch, "seq_len": o.seq_len},
+                   "hidden": o.hidden, "layers": o.layers, "batch": o.batch, "seq_len": o.seq_len,
+                   "referents": config.referents},
     }
     if not o.json:
         console.print(f"saved {out} at step {step} ({seconds:.0f} s, "

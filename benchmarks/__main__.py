@@ -1,0 +1,142 @@
+"""`make bench` (`python -m benchmarks`): every speed and memory figure of README, in one run.
+
+    python -m benchmarks                 # all of it; writes docs/bench.json and README's table
+    python -m benchmarks --quick         # shorter runs, skips time to accuracy; writes nothing
+    python -m benchmarks --only chat     # one part: training, accuracy, chat, memory
+
+The figures land in docs/bench.json (with the machine they were measured on) and in README's
+Performance table, between `<!-- bench:start -->` and `<!-- bench:end -->`, so every number in
+README comes from this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from contextbot.checkpoint import write_atomic
+from contextbot.corpus import REPO
+from contextbot.results import machine as results_machine
+
+from . import accuracy, chat, memory, training
+
+PARTS = ("training", "accuracy", "chat", "memory")
+README = REPO / "README.md"
+OUT = REPO / "docs" / "bench.json"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def machine() -> str:
+    """One line naming the machine (CPU model and cores, torch) and the thread count used."""
+    return f"{results_machine()}, {torch.get_num_threads()} threads"
+
+
+def rows(r: dict) -> list[tuple[str, str, str]]:
+    """(what, measured, target) for the table, from whichever parts ran."""
+    out = []
+    if t := r.get("training"):
+        out += [
+            ("training: contextbot train", f"{t['contextbot_chars_per_sec']:,.0f} chars/s", ""),
+            ("training: per-character tutorial loop", f"{t['tutorial_chars_per_sec']:,.0f} chars/s",
+             ""),
+            ("training: roofline (matmuls at measured rates)",
+             f"{t['roofline_chars_per_sec']:,.0f} chars/s ({t['roofline_gflops']:.0f} GFLOP/s)", ""),
+            ("training: share of the roofline", f"{t['fraction_of_roofline']:.0%}", "≥ 65%"),
+        ]
+    if a := r.get("accuracy"):
+        got = (f"{a['seconds'] / 60:.1f} min" if a["reached"]
+               else f"not within {a['limit_minutes']:g} min (best {max(p['near'] for p in a['curve']):.0%})"
+               if a["curve"] else "no checkpoint scored")
+        out.append((f"time to {a['target']:.0%} on pronouns 0-3 turns back", got, "≤ 3 min"))
+    if c := r.get("chat"):
+        lat = c["latency"]
+        out += [
+            ("chat: reply, median / p95", f"{lat['median_ms']:.2f} / {lat['p95_ms']:.2f} ms", "≤ 1 ms median"),
+            ("chat: first character (median)", f"{lat['first_char_median_ms']:.2f} ms", ""),
+            ("chat: generation", f"{lat['chars_per_sec']:,.0f} chars/s "
+                                 f"({lat['ms_per_generated_char']:.3f} ms/char)", ""),
+        ]
+        for t in c["turns"]:
+            out.append((f"chat: turn {t['turn']} carried / re-fed ({t['history_chars']:,} chars back)",
+                        f"{t['carried_ms']:.2f} / {t['refeed_ms']:.2f} ms", ""))
+        out.append(("chat: last turn / turn 1, carried", f"{c['last_over_first']:.2f}x", "≤ 1.1x"))
+    if m := r.get("memory"):
+        out += [("memory: peak RSS, contextbot ask", f"{m['ask_peak_rss_mb']:.0f} MB", ""),
+                ("memory: peak RSS, chat app", f"{m['chat_peak_rss_mb']:.0f} MB", "")]
+        out += [(f"checkpoint {name}", f"{size / 2 ** 20:.1f} MB", "")
+                for name, size in m["checkpoint_bytes"].items()]
+    return out
+
+
+def table(r: dict) -> Table:
+    t = Table(title=f"contextbot benchmarks — {r['machine']}")
+    for col in ("what", "measured", "target"):
+        t.add_column(col)
+    for row in rows(r):
+        t.add_row(*row)
+    return t
+
+
+def markdown(r: dict) -> str:
+    lines = [f"Measured by `make bench` on {r['machine']}, {r['date']}.", "",
+             "| what | measured | target |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows(r)]
+    return "\n".join(lines)
+
+
+def write_readme(r: dict) -> bool:
+    """Replace README's bench block; False if README has no such block."""
+    text = README.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        return False
+    new = re.sub(re.escape(START) + ".*?" + re.escape(END),
+                 lambda _: f"{START}\n{markdown(r)}\n{END}", text, flags=re.S)
+    write_atomic(README, new.encode("utf-8"))
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p.add_argument("--only", action="append", choices=PARTS, help="run only this part (repeatable)")
+    p.add_argument("--quick", action="store_true", help="short runs, no time to accuracy, writes nothing")
+    p.add_argument("--checkpoint", help="checkpoint for chat and memory (default: the shipped GRU)")
+    p.add_argument("--tta-minutes", type=float, default=15.0,
+                   help="time limit for time to accuracy (default 15)")
+    p.add_argument("--json", metavar="FILE", help=f"where to write the results (default {OUT.relative_to(REPO)})")
+    args = p.parse_args(argv)
+    parts = args.only or [x for x in PARTS if not (args.quick and x == "accuracy")]
+    console = Console(stderr=True)
+    r: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    for part in parts:
+        console.print(f"[bold]{part}[/] …")
+        start = time.perf_counter()
+        if part == "training":
+            r[part] = training.run(quick=args.quick)
+        elif part == "accuracy":
+            r[part] = accuracy.run(minutes=args.tta_minutes)
+        elif part == "chat":
+            r[part] = chat.run(args.checkpoint, quick=args.quick)
+        else:
+            r[part] = memory.run(args.checkpoint)
+        console.print(f"  {time.perf_counter() - start:.0f} s")
+    Console().print(table(r))
+    if args.quick and not args.json:
+        return 0
+    out = Path(args.json) if args.json else OUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=1) + "\n", encoding="utf-8")
+    if not args.json and set(parts) == set(PARTS):
+        console.print("README updated" if write_readme(r) else "README has no bench block")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Training throughput: `contextbot train` beside a per-character tutorial loop and the roofline.
+
+Three numbers at the same sizes (the default recipe's cell, hidden size, embedding, batch and
+sequence length):
+
+- **contextbot train**: characters per second of the real training loop (`train.train`), padding
+  excluded: a padded position costs arithmetic but teaches nothing, so it counts as waste.
+- **tutorial loop**: the way char-rnn.pytorch and many tutorials train, calling the recurrent
+  layer once per character inside a Python loop, then one backward pass.
+- **roofline**: the fastest the machine could train this model if every matrix multiply of a
+  training step ran at the rate this machine reaches *for that shape* (measured in the same run)
+  and nothing else cost any time. The fraction of it that `contextbot train` reaches says how much
+  is left on the table in the recurrent kernels, the framework and Python.
+
+FLOPs are counted for the matrix multiplies only (2 per multiply-add): forward, plus twice that
+for backward (the gradient with respect to the inputs and to the weights).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from contextbot.model import ModelConfig, RecurrentLM
+from contextbot.train import TrainOptions, train
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def matmul_shapes(c: ModelConfig, batch: int, seq_len: int) -> list[tuple[str, int, int, int, int]]:
+    """(name, m, k, n, count) of every forward matrix multiply in one training step.
+
+    The input projections of a layer run once over all batch x seq_len positions (cuDNN-style);
+    the recurrent one runs seq_len times on (batch, hidden); the head once over all positions.
+    """
+    g = GATES[c.cell] * c.hidden
+    rows = batch * seq_len
+    shapes = []
+    for layer in range(c.layers):
+        n_in = c.embed if layer == 0 else c.hidden
+        shapes.append((f"input projection l{layer}", rows, n_in, g, 1))
+        shapes.append((f"recurrent l{layer}", batch, c.hidden, g, seq_len))
+    shapes.append(("head", rows, c.hidden, c.vocab_size, 1))
+    if c.referents:
+        shapes.append(("referent head", rows, c.hidden, 2 * c.referents, 1))
+    return shapes
+
+
+def flops_per_token(c: ModelConfig) -> float:
+    """Matrix-multiply FLOPs to train on one token: 3 x (2 x multiply-adds of the forward pass)."""
+    g = GATES[c.cell] * c.hidden
+    fwd = sum(2 * g * ((c.embed if layer == 0 else c.hidden) + c.hidden) for layer in range(c.layers))
+    fwd += 2 * c.hidden * c.vocab_size + 2 * c.hidden * 2 * c.referents  # the heads
+    return 3.0 * fwd
+
+
+def matmul_rate(m: int, k: int, n: int, seconds: float = 0.3) -> float:
+    """FLOP/s of torch.mm at (m, k) x (k, n), best of a few timed batches, in the current
+    thread setting."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(3):
+        torch.mm(a, b)
+    reps = 1
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b)
+        dt = (time.perf_counter() - t) / reps
+        best = min(best, dt)
+        if dt * reps < 0.01:
+            reps *= 2
+    return 2.0 * m * k * n / best
+
+
+def roofline(c: ModelConfig, batch: int, seq_len: int) -> dict:
+    """Tokens per second if every matmul of a training step ran at its measured rate.
+
+    Backward multiplies have the transposed shapes; we time the forward shape and charge the
+    backward at the same rate (3 x the forward time), which is what the FLOP count assumes.
+    """
+    seconds, shapes = 0.0, []
+    for name, m, k, n, count in matmul_shapes(c, batch, seq_len):
+        rate = matmul_rate(m, k, n)
+        flops = 2.0 * m * k * n * count
+        seconds += 3 * flops / rate
+        shapes.append({"name": name, "shape": [m, k, n], "gflops": round(rate / 1e9, 1)})
+    tokens = batch * seq_len
+    total_flops = flops_per_token(c) * tokens
+    return {"tokens_per_sec": tokens / seconds, "gflops": total_flops / seconds / 1e9, "shapes": shapes}
+
+
+def contextbot_train(steps: int, options: TrainOptions | None = None) -> dict:
+    """`contextbot train` for `steps` steps on the shipped corpus, without validation; the
+    summary's characters per second counts real characters only (padding excluded)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        o = options or TrainOptions()
+        o.steps, o.valid, o.json = steps, None, True
+        o.checkpoint_every = 10 ** 9
+        o.out = str(Path(tmp) / "bench.safetensors")
+        summary = train(o, Console(stderr=True, quiet=True))
+    return summary
+
+
+def tutorial_loop(c: ModelConfig, batch: int, seq_len: int, steps: int) -> float:
+    """Characters per second of a per-character training loop at the same sizes (random data)."""
+    torch.manual_seed(0)
+    model = RecurrentLM(c)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randint(0, c.vocab_size, (batch, seq_len + 1))
+    times = []
+    for s in range(steps + 1):
+        t = time.perf_counter()
+        state, loss = None, 0.0
+        for i in range(seq_len):  # one call of the recurrent layer per character
+            logits, state = model(x[:, i:i + 1], state)
+            loss = loss + F.cross_entropy(logits[:, 0], x[:, i + 1])
+        opt.zero_grad()
+        (loss / seq_len).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if s:  # the first step warms the allocator up
+            times.append(time.perf_counter() - t)
+    return batch * seq_len / (sum(times) / len(times))
+
+
+def run(quick: bool = False) -> dict:
+    """All training-throughput figures at the default recipe's sizes."""
+    o = TrainOptions()
+    summary = contextbot_train(15 if quick else 60)
+    c = ModelConfig(vocab_size=summary["config"]["vocab_size"], cell=o.cell, embed=o.embed,
+                    hidden=o.hidden, layers=o.layers, referents=summary["config"]["referents"])
+    seq = o.seq_len if o.seq_len else 600  # whole conversations: about 600 characters each
+    roof = roofline(c, o.batch, seq)
+    tut = tutorial_loop(c, o.batch, seq, 1 if quick else 3)
+    fpt = flops_per_token(c)
+    cps = summary["chars_per_sec"]
+    return {
+        "config": summary["config"] | {"seq_len": o.seq_len},
+        "flops_per_char": fpt,
+        "contextbot_chars_per_sec": cps,
+        "contextbot_gflops": cps * fpt / 1e9,
+        "tutorial_chars_per_sec": tut,
+        "roofline_chars_per_sec": roof["tokens_per_sec"],
+        "roofline_gflops": roof["gflops"],
+        "matmul_shapes": roof["shapes"],
+        "fraction_of_roofline": cps / roof["tokens_per_sec"],
+        "threads": torch.get_num_threads(),
+    }
