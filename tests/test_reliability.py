@@ -44,7 +44,7 @@ from contextbot.data import Streams, encode_conversation
 from contextbot.errors import ContextbotError
 from contextbot.train import TrainOptions, train
 
-from .conftest import SHIPPED_GRU, SHIPPED_MODEL_GAP, TINY_CORPUS, make_model
+from .conftest import SHIPPED_GRU, TINY_CORPUS, make_model
 
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "COLUMNS": "400"}  # COLUMNS: see test_ctrl_c_...
 
@@ -655,7 +655,6 @@ def test_a_1000_turn_conversation_stays_fast_small_and_finite():
 
 
 @pytest.mark.slow
-@SHIPPED_MODEL_GAP
 def test_after_1000_turns_the_bot_still_follows_a_new_introduction():
     """Carried over the whole conversation, a new introduction still sets who "he" means."""
     s, *_ = _thousand_turns()

@@ -77,7 +77,9 @@ def test_cli_train_json_summary(tiny_corpus, tmp_path):
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(summary) >= {"steps", "chars", "seconds", "chars_per_sec", "train_bpc", "valid_bpc", "config"}
     assert summary["steps"] == 3 and summary["config"]["hidden"] == 8
-    assert set(summary["config"]) == {"cell", "vocab_size", "embed", "hidden", "layers", "batch", "seq_len"}
+    assert set(summary["config"]) == {"cell", "vocab_size", "embed", "hidden", "layers", "batch", "seq_len",
+                                      "referents"}
+    assert summary["config"]["referents"] > 0  # the tiny corpus names people from facts.json
 
 
 @pytest.mark.parametrize("content,why", [
