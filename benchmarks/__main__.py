@@ -2,7 +2,8 @@
 
     python -m benchmarks                 # all of it; writes docs/bench.json and README's table
     python -m benchmarks --quick         # shorter runs, skips time to accuracy; writes nothing
-    python -m benchmarks --only chat     # one part: training, accuracy, chat, memory
+    python -m benchmarks --only chat     # one part (training, accuracy, chat, memory); the
+                                         # others keep their last figures in docs/bench.json
 
 The figures land in docs/bench.json (with the machine they were measured on) and in README's
 Performance table, between `<!-- bench:start -->` and `<!-- bench:end -->`, so every number in
@@ -126,14 +127,21 @@ def main(argv: list[str] | None = None) -> int:
             r[part] = chat.run(args.checkpoint, quick=args.quick)
         else:
             r[part] = memory.run(args.checkpoint)
+        r[part]["measured"] = time.strftime("%Y-%m-%d %H:%M")
         console.print(f"  {time.perf_counter() - start:.0f} s")
     Console().print(table(r))
     if args.quick and not args.json:
         return 0
     out = Path(args.json) if args.json else OUT
+    if not args.json and OUT.exists() and set(parts) != set(PARTS):
+        # Some parts re-measured: keep the other parts' last figures (docs/bench.json).
+        try:
+            r = json.loads(OUT.read_text(encoding="utf-8")) | r
+        except (OSError, ValueError):
+            pass
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=1) + "\n", encoding="utf-8")
-    if not args.json and set(parts) == set(PARTS):
+    write_atomic(out, (json.dumps(r, indent=1) + "\n").encode("utf-8"))
+    if not args.json and all(part in r for part in PARTS):
         console.print("README updated" if write_readme(r) else "README has no bench block")
     return 0
 

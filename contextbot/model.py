@@ -179,5 +179,5 @@ def hidden_of(state: State) -> torch.Tensor:
 def layer_norms(state: State) -> tuple[float, ...]:
     """‖h‖ per layer for the first (or only) stream of a state."""
     h = hidden_of(state)
-    return tuple(float(x) for x in torch.linalg.vector_norm(h[:, 0], dim=-1))
+    return tuple(torch.linalg.vector_norm(h[:, 0], dim=-1).tolist())  # one call, not one per layer
 

@@ -38,9 +38,11 @@ class Stepper:
         self.weights = w
         self.head_w, self.head_b = model.head.weight, model.head.bias
 
-    @torch.inference_mode()
     def step(self, token: int, state: State) -> tuple[torch.Tensor, State]:
-        """Feed one token: (logits over the vocabulary, the new state shaped like the module's)."""
+        """Feed one token: (logits over the vocabulary, the new state shaped like the module's).
+
+        Call it under `torch.inference_mode()` (ChatSession does, once per turn): entering the
+        mode on every character would cost more than a quarter of the step's own time."""
         lstm = self.cell == "lstm"
         hs = state[0] if lstm else state
         cs = state[1] if lstm else None

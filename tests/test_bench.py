@@ -25,7 +25,7 @@ def test_flops_per_token_counts_every_matmul_forward_and_backward(cell, gates, r
 
 def test_turn_scaling_reports_growing_history_and_keeps_the_conversation(tiny_checkpoint):
     s = ChatSession.load(tiny_checkpoint)
-    rows = chat.turn_scaling(s, at=(1, 3, 6), repeats=1)
+    rows = chat.turn_scaling(s, at=(1, 3, 6), repeats=2, refeed_repeats=1)
     assert [r["turn"] for r in rows] == [1, 3, 6]
     assert rows[0]["history_chars"] == 0 < rows[1]["history_chars"] < rows[2]["history_chars"]
     assert all(r["carried_ms"] > 0 and r["refeed_ms"] > 0 for r in rows)
