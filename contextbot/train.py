@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import checkpoint, distributed
-from .corpus import DEFAULT_FACTS, CorpusStats, DEFAULT_TRAIN, DEFAULT_VALID, read_conversations
+from .corpus import CorpusStats, DEFAULT_TRAIN, DEFAULT_VALID, read_conversations
 from .data import IGNORE, BatchSchedule, ConversationBatches, Encoded, Streams, encode_conversation
 from .errors import ContextbotError
 from .facts import load_facts
@@ -61,7 +61,7 @@ class TrainOptions:
     clip: float = 1.0
     answer_weight: float = 3.0
     referent_weight: float = 1.0  # the auxiliary "who is he / she" loss (referents.py); 0 = off
-    facts: str = str(DEFAULT_FACTS)  # the people that loss knows
+    facts: str | None = None  # the people that loss knows; None: facts.json beside the corpus
     chrono_tmax: float = 400.0
     chrono_fraction: float = 1.0
     chrono_spread: str = "log"
@@ -280,13 +280,14 @@ def train(o: TrainOptions, console: Console | None = None,
             tok = Tokenizer.train(lines, kind=o.tokenizer, vocab_size=o.vocab_size)
         world.check(o.batch)  # --batch is the total: every rank takes batch / world.size streams
         referents = None
-        if o.referent_weight > 0:
-            referents = Referents(load_facts(o.facts))
+        facts = o.facts or Path(o.corpus).with_name("facts.json")  # where `corpus build` puts it
+        if o.referent_weight > 0 and (o.facts or Path(facts).is_file()):
+            referents = Referents(load_facts(facts))
             if not referents.names_any(convs):
-                if world.is_main:
-                    console.print(f"note: the corpus names nobody from {o.facts}: training without "
-                                  "the referent signal", highlight=False)
                 referents = None
+        if o.referent_weight > 0 and referents is None and world.is_main:
+            console.print(f"note: no facts file names anyone in {o.corpus} (looked for {facts}; "
+                          "pass --facts): training without the referent signal", highlight=False)
         encoded = [encode_conversation(c, tok, o.answer_weight, referents) for c in convs]
         valid_encoded = None
         if o.valid:

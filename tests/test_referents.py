@@ -61,7 +61,8 @@ def test_training_with_the_referent_signal_learns_to_read_who_he_is(tiny_corpus,
     the state where the corpus says so; the checkpoint keeps the head, and chat ignores it."""
     out = tmp_path / "m.safetensors"
     train(TrainOptions(corpus=str(tiny_corpus), valid=None, out=str(out), hidden=32, embed=8, batch=2,
-                       seq_len=0, steps=150, lr=3e-2, warmup=5, json=True, referent_weight=1.0))
+                       seq_len=0, steps=150, lr=3e-2, warmup=5, json=True, referent_weight=1.0,
+                       facts=str(DEFAULT_FACTS)))
     ck = checkpoint.load(out)
     assert ck.config.referents == len(ENTITIES) + 2
     conv = Conversation([("Who is Tom Cruise?", "He is an American actor."),
@@ -86,10 +87,32 @@ def test_a_corpus_that_names_nobody_trains_without_the_head(tmp_path):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_resume_with_the_referent_signal_is_exact(tiny_corpus, tmp_path, cell):
     kw = dict(corpus=str(tiny_corpus), valid=None, hidden=16, embed=8, batch=2, seq_len=24,
-              checkpoint_every=2, json=True, cell=cell, referent_weight=1.0)
+              checkpoint_every=2, json=True, cell=cell, referent_weight=1.0, facts=str(DEFAULT_FACTS))
     full, part = tmp_path / "full.safetensors", tmp_path / "part.safetensors"
     train(TrainOptions(out=str(full), steps=7, **kw))
     train(TrainOptions(out=str(part), steps=3, **kw))
-    train(TrainOptions(out=str(part), steps=7, resume=True, corpus=str(tiny_corpus), valid=None, json=True))
+    train(TrainOptions(out=str(part), steps=7, resume=True, corpus=str(tiny_corpus), valid=None, json=True,
+                       facts=str(DEFAULT_FACTS)))
     a, b = checkpoint.load(full).model.state_dict(), checkpoint.load(part).model.state_dict()
     assert "referent_head.weight" in a and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_facts_beside_the_corpus_are_found_and_a_corpus_without_them_still_trains(tmp_path, capsys):
+    """`corpus build` writes train.txt beside facts.json: training finds it there. Without any
+    facts file the run says so on one line and trains without the head."""
+    import shutil
+    from contextbot.cli import main
+    from .conftest import TINY_CORPUS
+    with_facts = tmp_path / "mine"
+    with_facts.mkdir()
+    (with_facts / "train.txt").write_text(TINY_CORPUS, encoding="utf-8")
+    shutil.copy(DEFAULT_FACTS, with_facts / "facts.json")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "train.txt").write_text(TINY_CORPUS, encoding="utf-8")
+    for folder, classes in ((with_facts, len(ENTITIES) + 2), (alone, 0)):
+        out = folder / "m.safetensors"
+        assert main(["train", "--corpus", str(folder / "train.txt"), "--valid", "none", "--out", str(out),
+                     "--steps", "2", "--hidden", "8", "--batch", "2", "--seq-len", "16"]) == 0
+        assert checkpoint.load(out).config.referents == classes
+    assert "training without the referent signal" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from contextbot import checkpoint
+from contextbot.corpus import DEFAULT_FACTS
 from contextbot.errors import ContextbotError
 from contextbot.train import TrainOptions, learning_rate, train
 
@@ -71,7 +72,7 @@ def test_cli_train_json_summary(tiny_corpus, tmp_path):
     out = tmp_path / "m.safetensors"
     r = subprocess.run([sys.executable, "-m", "contextbot", "train", "--corpus", str(tiny_corpus),
                         "--valid", "none", "--out", str(out), "--steps", "3", "--hidden", "8",
-                        "--batch", "2", "--seq-len", "16", "--json"],
+                        "--batch", "2", "--seq-len", "16", "--json", "--facts", str(DEFAULT_FACTS)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
