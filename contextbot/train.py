@@ -285,9 +285,10 @@ def train(o: TrainOptions, console: Console | None = None,
             referents = Referents(load_facts(facts))
             if not referents.names_any(convs):
                 referents = None
-        if o.referent_weight > 0 and referents is None and world.is_main:
-            console.print(f"note: no facts file names anyone in {o.corpus} (looked for {facts}; "
-                          "pass --facts): training without the referent signal", highlight=False)
+        # Said once training starts, so that a run that fails in set-up prints only its error.
+        note = (f"note: no facts file names anyone in {o.corpus} (looked for {facts}; pass --facts): "
+                "training without the referent signal"
+                if o.referent_weight > 0 and referents is None and world.is_main else None)
         encoded = [encode_conversation(c, tok, o.answer_weight, referents) for c in convs]
         valid_encoded = None
         if o.valid:
@@ -316,6 +317,8 @@ def train(o: TrainOptions, console: Console | None = None,
                 state = (t["state_h"].to(device), t["state_c"].to(device)) if "state_c" in t else t["state_h"].to(device)
                 state = world.shard_state(state)  # every stream's state was saved: take ours
         world.seed_rng(o.seed, resumed.train_tensors if resumed is not None else None)
+    if note:
+        console.print(note, highlight=False, soft_wrap=True)
     net = world.wrap(model)  # DDP under torchrun: backward all-reduces the gradients
     model.train()
 
