@@ -9,9 +9,10 @@ This is the API every tool uses (the CLI, the terminal UI, the evaluation, the i
     s.reset()                            # forget: the state a training conversation starts from
     s.carry = False                      # every turn from a zeroed state: the stateless comparison
 
-A turn feeds `Q: {text}\\nA: ` in one forward call on top of the carried state, then generates
-one token at a time (with `Stepper`, the equations written out) until the end of the line, and
-feeds that newline too, so the bot's own reply becomes part of what it remembers. The model itself is stateless; the session owns the state.
+A turn feeds `Q: {text}\\nA: ` on top of the carried state, then generates one token at a time
+until the end of the line, and feeds that newline too, so the bot's own reply becomes part of what
+it remembers. Both go through `Stepper`, the recurrence written out for one conversation. The
+model itself is stateless; the session owns the state.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class ChatSession:
         self.chars_seen = 0  # characters of context fed since the last reset
         self.state: State = self.model.zero_state(1, self.device)
         self._last: tuple[State, int] | None = None  # (state before, token) of the last step
-        self._stepper = Stepper(self.model)  # one generated token per call, fast (stepper.py)
+        self._stepper = Stepper(self.model)  # the turn's recurrence, fast (stepper.py)
 
     @classmethod
     def load(cls, path: str | Path | None = None, **kwargs) -> "ChatSession":
@@ -129,14 +130,13 @@ class ChatSession:
     def _generate(self, question: str) -> Iterator[StreamStep]:
         if not self.carry:
             self.reset()
-        tok, model = self.tokenizer, self.model
-        ids = torch.tensor([tok.encode(prompt(question))], device=self.device)
-        logits, self.state = _call(model, ids, self.state)  # the whole question in one call
+        tok = self.tokenizer
+        logits, self.state = self._stepper.feed(tok.encode(prompt(question)), self.state)
         self.chars_seen += len(question) + 7
         decoder = tok.decoder()
         try:
             for _ in range(MAX_REPLY):
-                nxt = self._pick(logits[0, -1] if logits.dim() == 3 else logits)
+                nxt = self._pick(logits)
                 if nxt in tok.line_end_ids:
                     break
                 self._last = (self.state, nxt)

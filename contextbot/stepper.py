@@ -1,74 +1,117 @@
-"""One character at a time, fast: the generation step of a chat reply, in a dozen tensor calls.
+"""One character at a time, fast: a chat turn's recurrence written out in NumPy.
 
-Generating a reply feeds the model one token per call. For one token the arithmetic is tiny
-(a 256-unit GRU needs about half a million multiply-adds), so the time goes to the framework:
-`nn.GRU.forward` checks its arguments, flattens its weights and dispatches a general kernel,
-`nn.Embedding` and `nn.Linear` each add a module call, and all of that costs several times the
-arithmetic. `Stepper` does the same computation with the equations written out (the ones in
-gates.py) on the module's own weights, and two savings:
+A chat turn feeds the model one token per step: the question's characters, then each generated
+one. For one token the arithmetic is small (a 256-unit GRU needs about half a million
+multiply-adds), so the time goes to overhead, not arithmetic. `nn.GRU.forward` checks its
+arguments, flattens its weights and dispatches a general kernel; `nn.Embedding` and `nn.Linear`
+each add a module call; and even a bare PyTorch operation costs a few microseconds to dispatch.
+`Stepper` does the same computation with the equations written out (the ones in gates.py) on the
+module's own weights, with three savings:
 
 - **the input projection is a lookup.** The first layer only ever sees an embedding row, so
   W_ih · embedding[token] + b_ih is precomputed for every token once: a (vocab, gates × hidden)
   table. A step starts with one row of it instead of an embedding call and a matrix product.
-- **no module machinery.** `torch.addmv` does W·h + b in one call; the gates are slices.
+- **NumPy for the small operations.** A NumPy operation on a 256-vector costs about a microsecond,
+  a third of a PyTorch one; the two matrix-vector products go to the same BLAS either way. The
+  arrays are views of the module's weights (no copy), and the state goes back to the session as a
+  tensor sharing the array's memory.
+- **no output layer while reading.** The question's characters need the state, not a prediction,
+  so `feed` skips the vocabulary projection until the last character.
 
 The result equals `nn.GRU` / `nn.LSTM` / `nn.RNN` up to float rounding (tests/test_stepper.py
 checks 1e-5). The model stays stateless: the caller passes the state in and gets the new one.
+Weights must live on the CPU (a checkpoint loads there).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .model import RecurrentLM, State
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """σ(x) = (1 + tanh(x / 2)) / 2: the same function as 1 / (1 + e^-x), in fewer NumPy calls."""
+    y = np.tanh(x * 0.5)
+    y *= 0.5
+    y += 0.5
+    return y
+
+
 class Stepper:
-    """A fast single-token forward pass for one conversation (batch 1), for inference only."""
+    """A fast forward pass for one conversation (batch 1), for inference on the CPU."""
 
     def __init__(self, model: RecurrentLM):
         c = model.config
         self.cell, self.layers, self.hidden = c.cell, c.layers, c.hidden
         rnn = model.rnn
-        with torch.inference_mode():
-            w = [(getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}"),
-                  getattr(rnn, f"bias_ih_l{k}"), getattr(rnn, f"bias_hh_l{k}")) for k in range(c.layers)]
+
+        def array(t: torch.Tensor) -> np.ndarray:
+            return t.detach().numpy()  # a view: the module's own memory
+
+        with torch.no_grad():
             # Layer 0's input projection for every token at once: (vocab, gates * hidden).
-            self.table = torch.addmm(w[0][2], model.embedding.weight, w[0][0].t())
-        self.weights = w
-        self.head_w, self.head_b = model.head.weight, model.head.bias
+            table = torch.addmm(rnn.bias_ih_l0, model.embedding.weight, rnn.weight_ih_l0.t())
+        self.table = table.numpy()
+        self.weights = [tuple(array(getattr(rnn, f"{name}_l{k}"))
+                              for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                        for k in range(c.layers)]
+        self.head_w, self.head_b = array(model.head.weight), array(model.head.bias)
 
     def step(self, token: int, state: State) -> tuple[torch.Tensor, State]:
-        """Feed one token: (logits over the vocabulary, the new state shaped like the module's).
+        """Feed one token: (logits over the vocabulary, the new state shaped like the module's)."""
+        h, c = self._recur(token, *self._arrays(state))
+        return torch.from_numpy(self.head_w @ h[-1, 0] + self.head_b), self._state(h, c)
 
-        Call it under `torch.inference_mode()` (ChatSession does, once per turn): entering the
-        mode on every character would cost more than a quarter of the step's own time."""
-        lstm = self.cell == "lstm"
-        hs = state[0] if lstm else state
-        cs = state[1] if lstm else None
-        new_h, new_c = [], []
+    def feed(self, tokens: list[int], state: State) -> tuple[torch.Tensor, State]:
+        """Feed several tokens, one after another: (logits after the last one, the new state).
+        Like `step` repeated, without computing the logits that nobody reads."""
+        h, c = self._arrays(state)
+        for token in tokens:
+            h, c = self._recur(token, h, c)
+        return torch.from_numpy(self.head_w @ h[-1, 0] + self.head_b), self._state(h, c)
+
+    def _arrays(self, state: State) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.cell == "lstm":
+            return state[0].numpy(), state[1].numpy()
+        return state.numpy(), None
+
+    def _state(self, h: np.ndarray, c: np.ndarray | None) -> State:
+        return (torch.from_numpy(h), torch.from_numpy(c)) if c is not None else torch.from_numpy(h)
+
+    def _recur(self, token: int, hs: np.ndarray, cs: np.ndarray | None):
+        """One step of every layer on (layers, 1, hidden) arrays; returns new arrays."""
+        n_h = self.hidden
+        new_h = np.empty_like(hs)
+        new_c = np.empty_like(cs) if cs is not None else None
         x = None
         for k in range(self.layers):
             w_ih, w_hh, b_ih, b_hh = self.weights[k]
             h = hs[k, 0]
-            gi = self.table[token] if k == 0 else torch.addmv(b_ih, w_ih, x)
-            gh = torch.addmv(b_hh, w_hh, h)
+            gi = self.table[token] if k == 0 else w_ih @ x + b_ih
+            gh = w_hh @ h
+            gh += b_hh
             if self.cell == "gru":
-                n_h = self.hidden
-                rz = torch.sigmoid(gi[:2 * n_h] + gh[:2 * n_h])
-                n = torch.tanh(torch.addcmul(gi[2 * n_h:], rz[:n_h], gh[2 * n_h:]))
-                x = torch.lerp(n, h, rz[n_h:])  # (1 - z) * n + z * h
-            elif lstm:
-                i, f, g, o = (gi + gh).chunk(4)
-                c2 = torch.sigmoid(f) * cs[k, 0] + torch.sigmoid(i) * torch.tanh(g)
-                x = torch.sigmoid(o) * torch.tanh(c2)
-                new_c.append(c2)
+                rz = _sigmoid(gi[:2 * n_h] + gh[:2 * n_h])
+                n = gh[2 * n_h:]
+                n *= rz[:n_h]
+                n += gi[2 * n_h:]
+                n = np.tanh(n, out=n)
+                x = new_h[k, 0]
+                np.subtract(h, n, out=x)  # h' = (1 - z) n + z h = n + z (h - n)
+                x *= rz[n_h:]
+                x += n
+            elif self.cell == "lstm":
+                g = gi + gh
+                i, f, o = _sigmoid(g[:n_h]), _sigmoid(g[n_h:2 * n_h]), _sigmoid(g[3 * n_h:])
+                c = new_c[k, 0]
+                np.multiply(f, cs[k, 0], out=c)
+                c += i * np.tanh(g[2 * n_h:3 * n_h])
+                x = new_h[k, 0]
+                np.multiply(o, np.tanh(c), out=x)
             else:
-                x = torch.tanh(gi + gh)
-            new_h.append(x)
-        logits = torch.addmv(self.head_b, self.head_w, x)
-        if self.layers == 1:  # the common case, without a stack
-            h_out = x.view(1, 1, -1)
-            return logits, ((h_out, new_c[0].view(1, 1, -1)) if lstm else h_out)
-        h_out = torch.stack(new_h).unsqueeze(1)
-        return logits, ((h_out, torch.stack(new_c).unsqueeze(1)) if lstm else h_out)
+                x = new_h[k, 0]
+                np.add(gi, gh, out=x)
+                np.tanh(x, out=x)
+        return new_h, new_c

@@ -1,8 +1,8 @@
 """The fast generation step (contextbot.stepper) against PyTorch's own modules.
 
-Chat replies are generated with `Stepper`, not with `nn.GRU`; it is only allowed to be faster,
-never different. So over a run of characters from a non-zero state, its logits and state must
-equal the module's to 1e-5, for every cell, with one layer and with several.
+A chat turn is fed and generated with `Stepper` (NumPy), not with `nn.GRU`; it is only allowed to
+be faster, never different. So over a run of characters from a non-zero state, its logits and
+state must equal the module's to 1e-5, for every cell, with one layer and with several.
 """
 
 import pytest
@@ -33,6 +33,26 @@ def test_stepper_matches_the_module(cell, layers):
             for a, b in zip(as_tuple(fast), as_tuple(ref)):
                 assert a.shape == b.shape
                 torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_feeding_a_question_matches_one_module_call(cell, layers):
+    """`feed` reads a run of tokens as the module does in one call: same last logits, same state,
+    and the state it was given is left as it was (the session may still hold it)."""
+    model = build(cell, layers)
+    stepper = Stepper(model)
+    tokens = torch.randint(0, 23, (1, 17), generator=torch.Generator().manual_seed(5))
+    start = random_state(model)
+    before = [t.clone() for t in as_tuple(start)]
+    with torch.inference_mode():
+        want, ref = model(tokens, start)
+        got, fast = stepper.feed(tokens[0].tolist(), start)
+    torch.testing.assert_close(got, want[0, -1], atol=1e-5, rtol=1e-5)
+    for a, b in zip(as_tuple(fast), as_tuple(ref)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for a, b in zip(as_tuple(start), before):
+        assert torch.equal(a, b)
 
 
 def test_a_session_replies_as_the_module_would(tiny_checkpoint):
