@@ -164,7 +164,7 @@ class ChatSession:
         """Greedy at temperature 0; otherwise sample (optionally from the top k) with the
         session's seeded generator."""
         if self.temperature <= 0:
-            return int(logits.argmax())
+            return int(logits.numpy().argmax())  # NumPy: a few microseconds less per character
         logits = logits.float() / self.temperature
         if self.top_k:
             v, i = logits.topk(min(self.top_k, logits.numel()))
