@@ -23,15 +23,25 @@ from .facts import ATTRIBUTES, PRONOUN_FORMS, Entity
 # {s} subject pronoun (he/she), {p} possessive (his/her), {o} object (him/her).
 TRAIN_QUESTIONS = {
     "profession": ["What is {p} profession?", "What does {s} do?", "What is {p} job?",
-                   "What does {s} do for a living?", "What is {p} occupation?", "What does {s} work as?"],
+                   "What does {s} do for a living?", "What is {p} occupation?", "What does {s} work as?",
+                   "What's {p} profession?", "What work does {s} do?", "What is {s} by profession?",
+                   "What is {p} line of work?", "What's {p} occupation?", "What does {s} do for work?"],
     "city": ["Where does {s} live?", "Where {s} lives?", "Where is {p} home?",
-             "In which city does {s} live?", "Where does {s} live these days?", "What city is {p} home?"],
+             "In which city does {s} live?", "Where does {s} live these days?", "What city is {p} home?",
+             "Where's {p} home?", "Where is {s} based?", "Which town does {s} live in?",
+             "Where does {s} reside?", "What city does {s} call home?", "Where is {s} staying?"],
     "spouse": ["Whom did {s} marry?", "Whom {s} married?", "Who is {p} spouse?",
-               "Is {s} married?", "Who is {p} partner?", "Whom is {s} married to?"],
+               "Is {s} married?", "Who is {p} partner?", "Whom is {s} married to?",
+               "Who's {p} spouse?", "To whom is {s} married?", "Who is {s} with?",
+               "Has {s} got a spouse?", "Who is {p} other half?", "Who did {s} wed?"],
     "born": ["When was {s} born?", "What year was {s} born?", "What is {p} year of birth?",
-             "In which year was {s} born?", "How old is {s}?", "When {s} was born?"],
+             "In which year was {s} born?", "How old is {s}?", "When {s} was born?",
+             "What's {p} year of birth?", "Which year was {s} born in?", "What is {p} date of birth?",
+             "What is {p} age?", "What is {p} birth date?", "How old is {s} now?"],
     "nationality": ["Where is {s} from?", "What is {p} nationality?", "Which country is {s} from?",
-                    "What nationality is {s}?", "Where {s} is from?", "What is {p} country?"],
+                    "What nationality is {s}?", "Where {s} is from?", "What is {p} country?",
+                    "What's {p} nationality?", "Which nation is {s} from?", "Where does {s} hail from?",
+                    "What is {p} homeland?", "Where is {s} originally from?", "What's {p} country?"],
 }
 HELD_OUT_QUESTIONS = {
     "profession": ["What's {p} job?", "What kind of work does {s} do?"],
@@ -215,7 +225,10 @@ def training_conversation(rng: random.Random, entities: list[Entity], noise: flo
             for _ in range(rng.choices([0, 1, 2, 3], weights=[4, 3, 2, 1])[0]):
                 talk.small_talk()
             other = "she" if pronoun == "he" else "he"
-            talk.ask(pronoun if rng.random() < 0.7 else other)
+            # With a man and a woman both known, ask about the earlier one half the time: the
+            # readout must learn to pick the slot the pronoun names, not the latest person.
+            p_other = 0.5 if isinstance(talk.slots[other], Entity) else 0.3
+            talk.ask(other if rng.random() < p_other else pronoun)
     return talk.turns
 
 

@@ -89,14 +89,12 @@ def test_shipped_gru_passes_every_category(shipped_gru):
     entities = load_facts(DEFAULT_FACTS)
     items = evaluate.generate(entities, seed=77, per_category=20)
     by_cat, _ = evaluate.run(shipped_gru, items)
-    for key, label in evaluate.CATEGORIES:
+    for key, label in evaluate.CATEGORIES:  # issue 3's own targets, on 20 conversations each
         acc = by_cat[key].accuracy
         if key == "stateless":
-            assert acc <= 0.10, label
-        elif key == "unseen":
-            assert acc >= 0.70, label
+            assert acc <= evaluate.STATELESS_MAX, label
         else:
-            assert acc >= 0.90, (label, by_cat[key].examples)
+            assert acc >= evaluate.TARGETS.get(key, evaluate.DEFAULT_TARGET), (label, by_cat[key].examples)
 
 
 def test_shipped_gru_seed_dialogue_is_right_at_every_turn(shipped_gru):
