@@ -37,7 +37,7 @@ def run(target: float = 0.99, minutes: float = 15.0, every: int = 50, items: int
 
         def score(step: int, model) -> bool:
             session = ChatSession.load(o.out)
-            by_cat, _ = evaluate.run(session, conversations)
+            by_cat = evaluate.run(session, conversations).by_category
             seconds = session.checkpoint.train_options["seconds"]
             curve.append({"step": step, "seconds": seconds, "near": by_cat["near"].accuracy})
             return by_cat["near"].accuracy >= target

@@ -122,6 +122,7 @@ class Turn:
     forbidden: tuple[str, ...] = ()
     pronoun: str | None = None
     attribute: str | None = None
+    template: str | None = None  # the phrasing a pronoun question was made from, e.g. "Where does {s} live?"
 
 
 @dataclass
@@ -191,7 +192,7 @@ class Talk:
         else:
             turn = Turn(text, who.answer(attribute), "fact", expected=(who.fact(attribute),),
                         forbidden=self._others(who, attribute))
-        turn.pronoun, turn.attribute = pronoun, attribute
+        turn.pronoun, turn.attribute, turn.template = pronoun, attribute, template
         return self._add(turn)
 
     def _others(self, who: Entity, attribute: str) -> tuple[str, ...]:
@@ -230,6 +231,11 @@ def training_conversation(rng: random.Random, entities: list[Entity], noise: flo
             p_other = 0.5 if isinstance(talk.slots[other], Entity) else 0.3
             talk.ask(other if rng.random() < p_other else pronoun)
     return talk.turns
+
+
+def phrasing(template: str) -> str:
+    """A question template for people to read: "Where is {s} living?" -> "Where is he/she living?"."""
+    return template.format(s="he/she", p="his/her", o="him/her")
 
 
 def format_conversation(turns: list[Turn]) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from .dialogue import HELD_OUT_QUESTIONS, INTRO_FORMS, Talk, Turn
+from .dialogue import HELD_OUT_QUESTIONS, INTRO_FORMS, Talk, Turn, phrasing
 from .facts import ATTRIBUTES, Entity
 from .session import BatchSession, ChatSession
 
@@ -160,11 +161,21 @@ class Result:
         return self.right / self.total if self.total else 0.0
 
 
-def run(session: ChatSession, items: list[Item], batch: int = 512) -> tuple[dict[str, Result], dict[int, Result]]:
+class Scores(NamedTuple):
+    """What `run` measured: by category; the pronoun categories by small-talk turns since the
+    introduction; and the unseen phrasings one by one, to show which ones the model generalises to."""
+
+    by_category: dict[str, Result]
+    by_distance: dict[int, Result]
+    by_phrasing: dict[str, Result]
+
+
+def run(session: ChatSession, items: list[Item], batch: int = 512) -> Scores:
     """Talk every item through the model (many conversations at once, with `BatchSession`, which
-    follows ChatSession's protocol exactly); return results by category and by distance."""
+    follows ChatSession's protocol exactly), and score every scored turn."""
     by_cat = {k: Result() for k, _ in CATEGORIES}
     by_dist: dict[int, Result] = {}
+    by_phrasing = {phrasing(t): Result() for ts in HELD_OUT_QUESTIONS.values() for t in ts}
     talker = BatchSession(session)
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
@@ -183,7 +194,12 @@ def run(session: ChatSession, items: list[Item], batch: int = 512) -> tuple[dict
                     d = by_dist.setdefault(item.distance, Result())
                     d.total += 1
                     d.right += ok
-    return by_cat, dict(sorted(by_dist.items()))
+                if item.category == "unseen" and turn.template:
+                    p = by_phrasing.setdefault(phrasing(turn.template), Result())
+                    p.total += 1
+                    p.right += ok
+    return Scores(by_cat, dict(sorted(by_dist.items())),
+                  {k: v for k, v in by_phrasing.items() if v.total})
 
 
 def seed_dialogue(session: ChatSession) -> list[dict]:

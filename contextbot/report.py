@@ -29,7 +29,7 @@ def evaluate_checkpoint(path=None, seed=None, per_category=200, facts=None, vali
     entities = load_facts(facts or DEFAULT_FACTS)
     items = evaluate.generate(entities, seed if seed is not None else evaluate.EVAL_SEED, per_category)
     t0 = time.perf_counter()
-    by_cat, by_dist = evaluate.run(session, items)
+    by_cat, by_dist, by_phrasing = evaluate.run(session, items)
     ck = session.checkpoint
     return {
         "checkpoint": str(ck.path),
@@ -47,6 +47,8 @@ def evaluate_checkpoint(path=None, seed=None, per_category=200, facts=None, vali
                        for k, label in evaluate.CATEGORIES},
         "by_distance": {str(d): {"right": r.right, "total": r.total, "accuracy": round(r.accuracy, 4)}
                         for d, r in by_dist.items()},
+        "unseen_by_phrasing": {q: {"right": r.right, "total": r.total, "accuracy": round(r.accuracy, 4)}
+                               for q, r in by_phrasing.items()},
         "seed_dialogue": evaluate.seed_dialogue(session),
     }
 
@@ -67,6 +69,10 @@ def print_report(r: dict, console: Console) -> None:
     console.print(table)
     dist = "  ".join(f"{d}: {v['accuracy']:.0%}" for d, v in r["by_distance"].items())
     console.print(f"accuracy by small-talk turns since the introduction: {dist}")
+    if r["unseen_by_phrasing"]:
+        console.print("unseen phrasings, one by one:")
+        for q, v in r["unseen_by_phrasing"].items():
+            console.print(f"  {v['accuracy']:>5.0%} ({v['right']}/{v['total']})  {escape(q)}", highlight=False)
     console.print(f"validation: {r['valid_bpc']:.3f} bits per character")
     console.print("seed dialogue:")
     for t in r["seed_dialogue"]:
