@@ -100,10 +100,12 @@ def test_shipped_gru_is_right_nearly_always_where_it_meets_the_targets(shipped_g
 
 @SHIPPED_MODEL_GAP
 def test_shipped_gru_passes_every_category(shipped_gru):
+    """Issue 3's own targets on 100 fresh conversations per category (a seed of its own; the eval
+    uses 200). Twenty were too few: a checkpoint at 96% on two people passed them by luck."""
     entities = load_facts(DEFAULT_FACTS)
-    items = evaluate.generate(entities, seed=77, per_category=20)
+    items = evaluate.generate(entities, seed=77, per_category=100)
     by_cat = evaluate.run(shipped_gru, items).by_category
-    for key, label in evaluate.CATEGORIES:  # issue 3's own targets, on 20 conversations each
+    for key, label in evaluate.CATEGORIES:
         acc = by_cat[key].accuracy
         if key == "stateless":
             assert acc <= evaluate.STATELESS_MAX, label
