@@ -8,8 +8,8 @@ Plain data and small pure functions (no widgets), so the drawing rules can be te
 - `columns` squeezes that history into a given number of screen columns for a sparkline;
 - `top_units` picks the most active (most changing) hidden units for the heatmap.
 
-Only the *reply* characters have ticks: the question is fed to the model in one call, so the
-panel sees the state after the question only through the first reply character.
+Only the *reply* characters have ticks: `ChatSession.stream` yields nothing while it reads the
+question, so the panel sees the state after the question only through the first reply character.
 """
 
 from __future__ import annotations
