@@ -194,8 +194,8 @@ def run(session: ChatSession, items: list[Item], batch: int = 512) -> Scores:
                     d = by_dist.setdefault(item.distance, Result())
                     d.total += 1
                     d.right += ok
-                if item.category == "unseen" and turn.template:
-                    p = by_phrasing.setdefault(phrasing(turn.template), Result())
+                if item.category == "unseen":  # every scored turn there is a pronoun question
+                    p = by_phrasing[phrasing(turn.template)]
                     p.total += 1
                     p.right += ok
     return Scores(by_cat, dict(sorted(by_dist.items())),

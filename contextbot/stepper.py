@@ -25,6 +25,8 @@ Weights must live on the CPU (a checkpoint loads there).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -61,10 +63,9 @@ class Stepper:
 
     def step(self, token: int, state: State) -> tuple[torch.Tensor, State]:
         """Feed one token: (logits over the vocabulary, the new state shaped like the module's)."""
-        h, c = self._recur(token, *self._arrays(state))
-        return torch.from_numpy(self.head_w @ h[-1, 0] + self.head_b), self._state(h, c)
+        return self.feed((token,), state)
 
-    def feed(self, tokens: list[int], state: State) -> tuple[torch.Tensor, State]:
+    def feed(self, tokens: Sequence[int], state: State) -> tuple[torch.Tensor, State]:
         """Feed several tokens, one after another: (logits after the last one, the new state).
         Like `step` repeated, without computing the logits that nobody reads."""
         h, c = self._arrays(state)
