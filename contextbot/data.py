@@ -1,11 +1,14 @@
 """Turning conversations into batches for truncated backpropagation through time (BPTT).
 
 The corpus is laid out as `batch` parallel *streams*. Each stream is a sequence of whole
-conversations, and each conversation is padded to a whole number of `seq_len` chunks, so that
-every conversation starts at the beginning of a chunk. Training walks the streams chunk by chunk,
+conversations, back to back, cut into `seq_len` chunks. Training walks the streams chunk by chunk,
 carrying the hidden state from one chunk to the next (detached, so gradients stop at the chunk
-edge) and zeroing it where a new conversation starts. That makes the state a conversation starts
-from in training exactly the state `ChatSession.reset()` gives in chat: zeros.
+edge) and zeroing it just before the first token of every conversation: the batch's `keep` mask
+is 0 there, and the model's recurrence (scan.py) resets the state at that step, wherever in the
+chunk it falls. That makes the state a conversation starts from in training exactly the state
+`ChatSession.reset()` gives in chat: zeros. (Padding each conversation to whole chunks would do
+the same with `nn.GRU`, which cannot reset mid-sequence, but a fifth of the arithmetic went on
+padding.)
 
 Each target token has a loss weight: `answer_weight` for the characters of the bot's answers (what
 chat generates), 1 for the rest (the questions), 0 for padding.
@@ -82,7 +85,7 @@ class Batch:
     targets: torch.Tensor  # (batch, seq_len) token ids
     weights: torch.Tensor  # (batch, seq_len) loss weights, 0 on padding
     chars: torch.Tensor  # (batch, seq_len) characters per target, 0 on padding
-    keep: torch.Tensor  # (batch,) 0 where a conversation starts in this chunk: zero the state
+    keep: torch.Tensor  # (batch, seq_len) 0 where a conversation starts: zero the state before it
     referents: torch.Tensor  # (batch, seq_len, 2) referent classes; IGNORE on padding or unlabelled
 
 
@@ -100,37 +103,37 @@ class Streams:
         for i in order:  # deal each conversation to the shortest stream so far
             s = min(range(batch), key=lengths.__getitem__)
             streams[s].append(i)
-            lengths[s] += -(-len(encoded[i].inputs) // seq_len)
-        self.num_chunks = max(lengths)
-        n = self.num_chunks * seq_len
+            lengths[s] += len(encoded[i].inputs)
+        self.num_chunks = -(-max(lengths) // seq_len)
+        n = self.num_chunks * seq_len  # the longest stream, padded to whole chunks at its end
         # Compact here too (int32 ids, int16 character counts); `chunk` widens one chunk at a time.
         self.inputs = torch.zeros(batch, n, dtype=torch.int32)
         self.targets = torch.zeros(batch, n, dtype=torch.int32)
         self.weights = torch.zeros(batch, n)
         self.chars = torch.zeros(batch, n, dtype=torch.int16)
         self.referents = torch.full((batch, n, 2), IGNORE, dtype=torch.int16)
-        self.starts = torch.zeros(batch, self.num_chunks, dtype=torch.bool)
+        self.starts = torch.zeros(batch, n, dtype=torch.bool)  # a conversation's first token
         for s, convs in enumerate(streams):
             pos = 0
             for i in convs:
                 e = encoded[i]
                 k = len(e.inputs)
-                self.starts[s, pos // seq_len] = True
+                self.starts[s, pos] = True
                 self.inputs[s, pos:pos + k] = e.inputs
                 self.targets[s, pos:pos + k] = e.targets
                 self.weights[s, pos:pos + k] = e.weights
                 self.chars[s, pos:pos + k] = e.chars
                 if e.referents is not None:
                     self.referents[s, pos:pos + k] = e.referents
-                pos += -(-k // seq_len) * seq_len
+                pos += k
             if pos < n:
-                self.starts[s, pos // seq_len] = True  # padding after the last one: a fresh state
+                self.starts[s, pos] = True  # the padding at the end reads from a fresh state
         self.seq_len = seq_len
 
     def chunk(self, c: int) -> Batch:
         sl = slice(c * self.seq_len, (c + 1) * self.seq_len)
         return Batch(self.inputs[:, sl].long(), self.targets[:, sl].long(), self.weights[:, sl],
-                     self.chars[:, sl].float(), (~self.starts[:, c]).float(),
+                     self.chars[:, sl].float(), (~self.starts[:, sl]).float(),
                      self.referents[:, sl].long())
 
 
@@ -216,7 +219,9 @@ class ConversationBatches:
             weights[s, :k], chars[s, :k] = e.weights, e.chars
             if e.referents is not None:
                 referents[s, :k] = e.referents
-        return Batch(inputs, targets, weights, chars, torch.zeros(b), referents)
+        keep = torch.ones(b, n)
+        keep[:, 0] = 0  # every row is a new conversation
+        return Batch(inputs, targets, weights, chars, keep, referents)
 
     @property
     def epoch(self) -> int:

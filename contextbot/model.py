@@ -31,9 +31,11 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import ContextbotError
+from .scan import Scan
 
 CELLS = ("rnn", "gru", "lstm")
 
@@ -138,13 +140,22 @@ class RecurrentLM(nn.Module):
         h = torch.zeros(c.layers, batch, c.hidden, device=device)
         return (h, torch.zeros_like(h)) if c.cell == "lstm" else h
 
-    def forward(self, tokens: torch.Tensor, state: State | None = None, *, referents: bool = False):
+    def forward(self, tokens: torch.Tensor, state: State | None = None, *, referents: bool = False,
+                keep: torch.Tensor | None = None):
         """tokens (batch, seq) -> logits (batch, seq, vocab), and the state after the last token.
+
+        `keep` (batch, seq), training's: 0 where a new conversation starts, so the state is zeroed
+        just before that token is read. It runs the recurrence through `scan.Scan`, which can
+        reset mid-chunk and has a hand-written backward; without it, PyTorch's own kernel runs.
+        Both compute the same function with the same weights.
 
         With `referents=True` (training), also the referent head's logits, (batch, seq, 2, classes):
         who "he" and "she" mean after each token, read off the hidden state."""
-        x = self.drop(self.embedding(tokens))  # (batch, seq, embed)
-        out, state = self.rnn(x, state)  # (batch, seq, hidden)
+        if keep is None:
+            x = self.drop(self.embedding(tokens))  # (batch, seq, embed)
+            out, state = self.rnn(x, state)  # (batch, seq, hidden)
+        else:
+            out, state = self._scan(tokens, state, keep)
         logits = self.head(self.drop(out))
         if referents:
             if self.referent_head is None:
@@ -152,6 +163,45 @@ class RecurrentLM(nn.Module):
             who = self.referent_head(out).unflatten(-1, (2, self.config.referents))
             return logits, state, who
         return logits, state
+
+    def _scan(self, tokens: torch.Tensor, state: State | None, keep: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """The recurrence layer by layer through scan.Scan, resetting where keep (batch, seq) is 0."""
+        c = self.config
+        if state is None:
+            state = self.zero_state(tokens.shape[0], tokens.device)
+        hs, cs = (state if c.cell == "lstm" else (state, None))
+        keep = keep.t()  # (seq, batch): Scan's layout, time first
+        seq, batch = keep.shape
+        last_h, last_c = [], []
+        x = None  # a layer's input, (features, seq, batch)
+        for layer in range(c.layers):
+            w_ih, b_ih = getattr(self.rnn, f"weight_ih_l{layer}"), getattr(self.rnn, f"bias_ih_l{layer}")
+            if layer == 0 and not (self.training and c.dropout > 0):
+                # A token's input projection W e + b depends on the token alone: project the
+                # whole vocabulary's embeddings once, (gates·hidden, vocab), and pick columns.
+                table = torch.addmm(b_ih.unsqueeze(1), w_ih, self.embedding.weight.t())
+                gi = table.index_select(1, tokens.t().flatten().long())
+            else:
+                if layer == 0:
+                    x = self.drop(self.embedding(tokens)).permute(2, 1, 0)  # (embed, seq, batch)
+                elif c.dropout > 0:
+                    x = self.rnn_dropout(x)
+                gi = torch.addmm(b_ih.unsqueeze(1), w_ih, x.reshape(x.shape[0], -1))
+            w_hh, b_hh = getattr(self.rnn, f"weight_hh_l{layer}"), getattr(self.rnn, f"bias_hh_l{layer}")
+            out, c_last = Scan.apply(c.cell, gi.view(-1, seq, batch), hs[layer],
+                                     cs[layer] if cs is not None else None, w_hh, b_hh, keep)
+            # out: (seq, hidden, batch)
+            last_h.append(out[-1].t())
+            last_c.append(c_last)
+            x = out.transpose(0, 1)  # (hidden, seq, batch), the next layer's input
+        h = torch.stack(last_h)
+        new_state = (h, torch.stack(last_c)) if c.cell == "lstm" else h
+        # (batch, seq, hidden), in one copy: the heads then read it as it lies
+        return x.permute(2, 1, 0).contiguous(), new_state
+
+    def rnn_dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """The dropout nn.RNN applies between stacked layers (not after the last one)."""
+        return F.dropout(x, self.config.dropout, self.training)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -33,7 +33,7 @@ from .corpus import CorpusStats, DEFAULT_TRAIN, DEFAULT_VALID, read_conversation
 from .data import IGNORE, BatchSchedule, ConversationBatches, Encoded, Streams, encode_conversation
 from .errors import ContextbotError
 from .facts import load_facts
-from .model import ModelConfig, RecurrentLM, State, detach_state, mask_state
+from .model import ModelConfig, RecurrentLM, State, detach_state
 from .referents import Referents
 from .tokenizer import Tokenizer
 
@@ -165,9 +165,7 @@ def evaluate_bpc(model: RecurrentLM, encoded: list[Encoded], device: torch.devic
         state = None
         for c in range(streams.num_chunks):
             b = streams.chunk(c)
-            if state is not None:
-                state = mask_state(state, b.keep.to(device))
-            logits, state = model(b.inputs.to(device), state)
+            logits, state = model(b.inputs.to(device), state, keep=b.keep.to(device))
             ce = F.cross_entropy(logits.flatten(0, 1), b.targets.to(device).flatten(), reduction="none")
             nats += float((ce * (b.weights.to(device).flatten() > 0)).sum())
             chars += float(b.chars.sum())
@@ -351,16 +349,14 @@ def train(o: TrainOptions, console: Console | None = None,
             while step < o.steps and not out_of_time and not ctrl_c.requested:
                 b = world.shard(schedule.get(step))  # this rank's streams (all of them alone)
                 x, y = b.inputs.to(device), b.targets.to(device)
-                w, keep = b.weights.to(device), b.keep.to(device)
-                if state is not None:
-                    state = mask_state(state, keep)  # new conversations start from zeros
+                w, keep = b.weights.to(device), b.keep.to(device)  # keep: 0 where a conversation starts
                 for g in opt.param_groups:
                     g["lr"] = learning_rate(o, step)
 
                 if referents is None:
-                    logits, state = net(x, state)  # (batch, seq, vocab)
+                    logits, state = net(x, state, keep=keep)  # (batch, seq, vocab)
                 else:  # also who "he" and "she" mean, read off the state: (batch, seq, 2, classes)
-                    logits, state, who = net(x, state, referents=True)
+                    logits, state, who = net(x, state, referents=True, keep=keep)
                 ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(w)
                 loss = batch_loss(ce, w, world)  # the weighted mean over all ranks' streams
                 if referents is not None:

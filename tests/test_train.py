@@ -156,7 +156,8 @@ def test_whole_conversation_batches_cover_every_conversation_once_an_epoch():
     step = 0
     while sched.get(step) is not None and sched.epoch == 0:
         b = sched.get(step)
-        assert b.inputs.shape[0] == 4 and not b.keep.any()  # every row starts from zeros
+        assert b.inputs.shape[0] == 4 and not b.keep[:, 0].any()  # every row starts from zeros
+        assert b.keep[:, 1:].all()  # and is one conversation: no reset after its start
         for row, w in zip(b.inputs, b.weights):
             n = int((w > 0).sum())  # real targets; padding weighs 0
             tag = int(row[0])
