@@ -137,17 +137,18 @@ class RecurrentLM(nn.Module):
     def zero_state(self, batch: int = 1, device: torch.device | str = "cpu") -> State:
         """The state a conversation starts from: all zeros, (layers, batch, hidden)."""
         c = self.config
-        h = torch.zeros(c.layers, batch, c.hidden, device=device)
+        h = torch.zeros(c.layers, batch, c.hidden, device=device, dtype=self.head.weight.dtype)
         return (h, torch.zeros_like(h)) if c.cell == "lstm" else h
 
     def forward(self, tokens: torch.Tensor, state: State | None = None, *, referents: bool = False,
                 keep: torch.Tensor | None = None):
         """tokens (batch, seq) -> logits (batch, seq, vocab), and the state after the last token.
 
-        `keep` (batch, seq), training's: 0 where a new conversation starts, so the state is zeroed
-        just before that token is read. It runs the recurrence through `scan.Scan`, which can
-        reset mid-chunk and has a hand-written backward; without it, PyTorch's own kernel runs.
-        Both compute the same function with the same weights.
+        `keep` (batch, seq) of 0 and 1, as training and validation pass it: 0 where a new
+        conversation starts, so the state is zeroed just before that token is read. It runs the
+        recurrence through `scan.Scan`, which can reset mid-chunk and has a hand-written backward;
+        without it, PyTorch's own kernel runs. Both compute the same function with the same
+        weights (tests/test_scan.py).
 
         With `referents=True` (training), also the referent head's logits, (batch, seq, 2, classes):
         who "he" and "she" mean after each token, read off the hidden state."""

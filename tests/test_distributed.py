@@ -117,10 +117,10 @@ def test_the_averaged_rank_gradients_are_the_single_process_gradient(tiny_corpus
 
 def test_shards_cover_the_batch_and_the_state_streams():
     full = torch.arange(6 * 4).view(6, 4)  # 6 streams
-    b = Batch(full, full, full.float(), full.float(), torch.arange(6).float(), full)
+    b = Batch(full, full, full.float(), full.float(), full.float(), full)  # keep: (batch, seq)
     parts = [distributed.World(rank=r, size=3).shard(b) for r in range(3)]
     assert [p.inputs[:, 0].tolist() for p in parts] == [[0, 12], [4, 16], [8, 20]]
-    assert sorted(torch.cat([p.keep for p in parts]).tolist()) == list(range(6))
+    assert sorted(torch.cat([p.keep[:, 0] for p in parts]).tolist()) == [0, 4, 8, 12, 16, 20]
     state = torch.arange(2 * 6 * 3).view(2, 6, 3)  # (layers, batch, hidden)
     mine = distributed.World(rank=1, size=3).shard_state((state, -state))
     assert torch.equal(mine[0], state[:, 1::3]) and torch.equal(mine[1], -state[:, 1::3])
