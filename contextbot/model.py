@@ -145,13 +145,19 @@ class RecurrentLM(nn.Module):
         """tokens (batch, seq) -> logits (batch, seq, vocab), and the state after the last token.
 
         `keep` (batch, seq) of 0 and 1, as training and validation pass it: 0 where a new
-        conversation starts, so the state is zeroed just before that token is read. It runs the
-        recurrence through `scan.Scan`, which can reset mid-chunk and has a hand-written backward;
-        without it, PyTorch's own kernel runs. Both compute the same function with the same
-        weights (tests/test_scan.py).
+        conversation starts, so the state is zeroed just before that token is read. A reset after
+        the first token runs the recurrence through `scan.Scan`, which can reset mid-chunk and has
+        a hand-written backward; otherwise PyTorch's own kernel runs. Both compute the same
+        function with the same weights (tests/test_scan.py).
 
         With `referents=True` (training), also the referent head's logits, (batch, seq, 2, classes):
         who "he" and "she" mean after each token, read off the hidden state."""
+        if keep is not None and keep[:, 1:].all():
+            # Resets only before the first token (whole conversations, or streams padded to
+            # whole chunks): PyTorch's kernel can do that, and on a GPU it is cuDNN's.
+            if state is not None:
+                state = mask_state(state, keep[:, 0])
+            keep = None
         if keep is None:
             x = self.drop(self.embedding(tokens))  # (batch, seq, embed)
             out, state = self.rnn(x, state)  # (batch, seq, hidden)

@@ -58,8 +58,8 @@ class Scan(torch.autograd.Function):
         resets = (keep == 0).flatten(1).any(1).tolist()  # the steps where some stream starts afresh
         out = gi.new_empty(seq, hid, batch)  # h_t of every step
         acts = gi.new_empty(seq, width, batch) if cell != "rnn" else None  # every step's gate activations
-        # GRU: U_n h + b_hn of every step; LSTM: c_t
-        extra = gi.new_empty(seq, hid, batch) if cell != "rnn" else None
+        # GRU: U_n h + b_hn of every step; LSTM: c_t and tanh(c_t)
+        extra = gi.new_empty(*([2] if cell == "lstm" else []), seq, hid, batch) if cell != "rnn" else None
         b = b_hh.unsqueeze(1)  # (gates·hidden, 1): added to every column
         h = h0.t()
         c = c0.t() if c0 is not None else None
@@ -85,8 +85,8 @@ class Scan(torch.autograd.Function):
                 a[:2 * hid].sigmoid_()  # input i, forget f
                 a[2 * hid:3 * hid].tanh_()  # candidate g
                 a[3 * hid:].sigmoid_()  # output o
-                c = torch.mul(a[hid:2 * hid], c, out=extra[t]).addcmul_(a[:hid], a[2 * hid:3 * hid])
-                h = torch.mul(a[3 * hid:], torch.tanh(c), out=out[t])
+                c = torch.mul(a[hid:2 * hid], c, out=extra[0, t]).addcmul_(a[:hid], a[2 * hid:3 * hid])
+                h = torch.mul(a[3 * hid:], torch.tanh(c, out=extra[1, t]), out=out[t])
         ctx.cell, ctx.resets = cell, resets
         ctx.save_for_backward(acts, extra, out, h0, c0, w_hh, keep)
         if cell == "lstm":
@@ -139,8 +139,8 @@ class Scan(torch.autograd.Function):
                     dh = dh * keep[t]
         else:  # lstm
             i, f, g_, o = (acts[:, k * hid:(k + 1) * hid] for k in range(4))
-            c_prev = torch.cat([c0.t()[None], extra[:-1]]).mul_(keep)
-            tc = torch.tanh(extra)
+            cs, tc = extra  # c_t and tanh(c_t) of every step
+            c_prev = torch.cat([c0.t()[None], cs[:-1]]).mul_(keep)
             one = extra.new_ones(())
             to_c = torch.addcmul(one, tc, tc, value=-1).mul_(o)  # dL/dc_t gains dh ⊙ to_c via h = o tanh(c)
             to_o = torch.addcmul(o, o, o, value=-1).mul_(tc)

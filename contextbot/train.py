@@ -292,7 +292,7 @@ def train(o: TrainOptions, console: Console | None = None,
         if o.valid:
             valid_encoded = [encode_conversation(c, tok, 1.0) for c in read_conversations(o.valid)]
         schedule = (ConversationBatches(encoded, o.batch, o.seed) if o.seq_len == 0
-                    else BatchSchedule(encoded, o.batch, o.seq_len, o.seed))
+                    else BatchSchedule(encoded, o.batch, o.seq_len, o.seed, align=device.type == "cuda"))
 
         # -- model and optimizer --------------------------------------------------------------
         torch.manual_seed(o.seed)  # the same initial weights on every rank

@@ -177,3 +177,29 @@ def test_schedule_keeps_the_state_across_chunks_within_a_conversation(tiny_token
     sched = BatchSchedule([e], batch=1, seq_len=16, seed=0)
     assert sched.get(0).keep[0, 0] == 0  # the conversation starts the first chunk
     assert torch.all(sched.get(1).keep == 1)  # the second carries the first one's state on
+
+
+def test_resets_at_the_first_token_only_take_pytorchs_kernel_with_the_same_result():
+    """Whole conversations, or streams aligned to chunks (training on a GPU): every reset is
+    before the first token, so nn.GRU (cuDNN on a GPU) serves. Same function as the scan."""
+    m = double_model("gru", layers=2)
+    x = torch.randint(0, 11, (3, 6))
+    s0 = random_state(m, 3)
+    keep = torch.ones(3, 6)
+    keep[1, 0] = 0
+    w = torch.randn(3, 6, 11, dtype=torch.double)
+    out, state = m._scan(x, s0, keep)  # the scan, forced
+    assert_same(m, s0, w, m(x, s0, keep=keep), (m.head(out), state))
+    ref_state = s0 * keep[:, 0].view(1, -1, 1).double()
+    torch.testing.assert_close(m(x, s0, keep=keep)[0], m(x, ref_state)[0], rtol=0, atol=0)
+
+
+def test_aligned_streams_start_every_conversation_at_a_chunk(tiny_tokenizer):
+    convs = [Conversation([(f"Who is {n}?", "I don't know who that is.")] * k)
+             for n, k in (("Tom", 1), ("Megan", 3), ("Zorb", 2))]
+    enc = [encode_conversation(c, tiny_tokenizer, 3.0) for c in convs]
+    st = Streams(enc, batch=2, seq_len=16, seed=0, epoch=0, align=True)
+    keep = torch.cat([st.chunk(c).keep for c in range(st.num_chunks)], 1)
+    starts = (keep == 0).nonzero()
+    assert len(starts) >= len(enc) and torch.all(starts[:, 1] % 16 == 0)
+    assert all(st.chunk(c).keep[:, 1:].all() for c in range(st.num_chunks))
