@@ -203,3 +203,18 @@ def test_aligned_streams_start_every_conversation_at_a_chunk(tiny_tokenizer):
     starts = (keep == 0).nonzero()
     assert len(starts) >= len(enc) and torch.all(starts[:, 1] % 16 == 0)
     assert all(st.chunk(c).keep[:, 1:].all() for c in range(st.num_chunks))
+
+
+@pytest.mark.parametrize("cell, device, aligned", [("gru", "cpu", False), ("rnn", "cpu", False),
+                                                    ("lstm", "cpu", True), ("gru", "cuda", True)])
+def test_training_aligns_streams_only_where_a_fused_kernel_wins(tiny_tokenizer, cell, device, aligned):
+    from contextbot.train import TrainOptions, batch_schedule
+    e = encode_conversation(Conversation([("Who is Tom Cruise?", "He is an American actor.")] * 3),
+                            tiny_tokenizer, 3.0)
+    sched = batch_schedule([e, e, e], TrainOptions(cell=cell, batch=2, seq_len=16), torch.device(device))
+    mid_chunk_reset = False
+    step = 0
+    while sched.get(step) is not None and sched.epoch == 0:
+        mid_chunk_reset |= not bool(sched.get(step).keep[:, 1:].all())
+        step += 1
+    assert mid_chunk_reset != aligned  # back to back, a conversation starts mid-chunk
