@@ -39,6 +39,14 @@ def test_peak_rss_measures_the_child_not_the_parent():
         memory.peak_rss([sys.executable, "-c", "raise SystemExit(3)"])
 
 
+def test_peak_rss_does_not_count_a_large_benchmark_process():
+    """After the training parts the benchmark holds hundreds of MB; a forked child's ru_maxrss
+    would include them. A bare Python must still measure as a bare Python."""
+    ballast = bytearray(400 * 2 ** 20)  # touched: resident in this process
+    rss, out = memory.peak_rss([sys.executable, "-c", "print('ok')"])
+    assert out.strip() == "ok" and rss < 100 * 2 ** 20 and len(ballast)
+
+
 def test_readme_block_is_rewritten_from_the_results(tmp_path, monkeypatch):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{bench.START}\nold\n{bench.END}\nrest\n", encoding="utf-8")
