@@ -186,7 +186,7 @@ class RecurrentLM(nn.Module):
             if layer == 0 and not (self.training and c.dropout > 0):
                 # A token's input projection W e + b depends on the token alone: project the
                 # whole vocabulary's embeddings once, (gates·hidden, vocab), and pick columns.
-                table = torch.addmm(b_ih.unsqueeze(1), w_ih, self.embedding.weight.t())
+                table = self.input_table().t().contiguous()
                 gi = table.index_select(1, tokens.t().flatten().long())
             else:
                 if layer == 0:
@@ -205,6 +205,11 @@ class RecurrentLM(nn.Module):
         new_state = (h, torch.stack(last_c)) if c.cell == "lstm" else h
         # (batch, seq, hidden), in one copy: the heads then read it as it lies
         return x.permute(2, 1, 0).contiguous(), new_state
+
+    def input_table(self) -> torch.Tensor:
+        """Layer 0's input projection of every token, (vocab, gates·hidden): W_ih e + b_ih for each
+        embedding row e. Chat (stepper.py) and training's scan look tokens up in it."""
+        return torch.addmm(self.rnn.bias_ih_l0, self.embedding.weight, self.rnn.weight_ih_l0.t())
 
     def rnn_dropout(self, x: torch.Tensor) -> torch.Tensor:
         """The dropout nn.RNN applies between stacked layers (not after the last one)."""

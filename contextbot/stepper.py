@@ -54,7 +54,7 @@ class Stepper:
 
         with torch.no_grad():
             # Layer 0's input projection for every token at once: (vocab, gates * hidden).
-            table = torch.addmm(rnn.bias_ih_l0, model.embedding.weight, rnn.weight_ih_l0.t())
+            table = model.input_table()
         self.table = table.numpy()
         self.weights = [tuple(array(getattr(rnn, f"{name}_l{k}"))
                               for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
