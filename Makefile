@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -c 'import contextbot; contextbot.ChatSession.load()'  # compile the chat step once
 	touch $(STAMP)
 
 chat: $(STAMP)

@@ -1,26 +1,35 @@
-"""One character at a time, fast: a chat turn's recurrence written out in NumPy.
+"""One character at a time, fast: a chat turn's recurrence as one compiled loop.
 
 A chat turn feeds the model one token per step: the question's characters, then each generated
 one. For one token the arithmetic is small (a 256-unit GRU needs about half a million
-multiply-adds), so the time goes to overhead, not arithmetic. `nn.GRU.forward` checks its
-arguments, flattens its weights and dispatches a general kernel; `nn.Embedding` and `nn.Linear`
-each add a module call; and even a bare PyTorch operation costs a few microseconds to dispatch.
-`Stepper` does the same computation with the equations written out (the ones in gates.py) on the
-module's own weights, with three savings:
+multiply-adds, a few microseconds of a CPU core), so the time goes elsewhere: `nn.GRU.forward`
+checks its arguments and dispatches a general kernel, `nn.Embedding` and `nn.Linear` each add a
+module call, and even a bare PyTorch or NumPy operation costs a microsecond or more to dispatch.
+A GRU step written as a dozen array operations spends more on those calls than on the sums.
+
+`Stepper` writes the step out once, as plain loops over the module's own weights, and compiles
+it to machine code with Numba (`@njit`): the equations of gates.py, one pass per layer, with no
+call into Python or PyTorch between the characters of a question. Three more savings:
 
 - **the input projection is a lookup.** The first layer only ever sees an embedding row, so
   W_ih · embedding[token] + b_ih is precomputed for every token once: a (vocab, gates × hidden)
   table. A step starts with one row of it instead of an embedding call and a matrix product.
-- **NumPy for the small operations.** A NumPy operation on a 256-vector costs about a microsecond,
-  a third of a PyTorch one; the two matrix-vector products go to the same BLAS either way. The
-  arrays are views of the module's weights (no copy), and the state goes back to the session as a
-  tensor sharing the array's memory.
-- **no output layer while reading.** The question's characters need the state, not a prediction,
-  so `feed` skips the vocabulary projection until the last character.
+- **σ and tanh as a rational function.** `tanh` from the C library is one call per element, and
+  a call cannot be vectorised. `_tanh` is the rational approximation that Eigen (and so
+  PyTorch's CPU kernels) use: a clamp, two polynomials and a division, exact to a few units in
+  the last place of a float, and the compiler runs 8 elements at a time through it with AVX2.
+  σ(x) = (1 + tanh(x / 2)) / 2.
+- **no output layer while reading.** The question's characters need the state, not a
+  prediction, so `feed` computes the vocabulary projection only after the last character.
 
-The result equals `nn.GRU` / `nn.LSTM` / `nn.RNN` up to float rounding (tests/test_stepper.py
-checks 1e-5). The model stays stateless: the caller passes the state in and gets the new one.
-Weights must live on the CPU (a checkpoint loads there).
+What is left per character is reading the weights (a 256-unit GRU's recurrent matrix is 768 KB
+of float32, the output layer 330 KB), which is why a step costs tens of microseconds rather than
+a few. The result equals `nn.GRU` / `nn.LSTM` / `nn.RNN` up to float rounding
+(tests/test_stepper.py checks 1e-5). The model stays stateless: the caller passes the state in
+and gets a new one; the one passed in is never written to. Weights must live on the CPU (a
+checkpoint loads there). Building a `Stepper` compiles the loops for its weights' dtype (a few
+seconds, once: Numba caches the machine code beside this file, or in the user's cache folder;
+`make setup` does it at install).
 """
 
 from __future__ import annotations
@@ -29,16 +38,90 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from numba import njit
 
 from .model import RecurrentLM, State
 
+# Fast-math flags that allow reordering sums (so a dot product runs 8 lanes at a time) without
+# assuming the absence of NaN or infinity (a broken checkpoint should give NaN, not garbage).
+_FLAGS = {"contract", "reassoc", "arcp", "nsz"}
+_JIT = dict(nogil=True, cache=True, fastmath=_FLAGS, error_model="numpy")
+_CELLS = {"gru": 0, "lstm": 1, "rnn": 2}
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """σ(x) = (1 + tanh(x / 2)) / 2: the same function as 1 / (1 + e^-x), in fewer NumPy calls."""
-    y = np.tanh(x * 0.5)
-    y *= 0.5
-    y += 0.5
-    return y
+
+# Eigen's coefficients, as float32 constants: a Python float literal would turn float32 arithmetic
+# into float64 (half as many vector lanes).
+_CLAMP = np.float32(7.90531110763549805)  # tanh(±7.9) rounds to ±1 in float32
+_P = tuple(np.float32(a) for a in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+                                   5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
+                                   4.89352455891786e-03))
+_Q = tuple(np.float32(b) for b in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
+                                   4.89352518554385e-03))
+_HALF = np.float32(0.5)
+
+
+@njit(inline="always", **_JIT)
+def _tanh(x):
+    """tanh(x) as Eigen's rational approximation: x · p(x²) / q(x²) on x clamped to ±7.9."""
+    x = min(max(x, -_CLAMP), _CLAMP)
+    x2 = x * x
+    p = _P[0]
+    for a in _P[1:]:
+        p = p * x2 + a
+    q = _Q[0]
+    for b in _Q[1:]:
+        q = q * x2 + b
+    return x * p / q
+
+
+@njit(inline="always", **_JIT)
+def _sigmoid(x):
+    return _HALF + _HALF * _tanh(_HALF * x)
+
+
+@njit(**_JIT)
+def _matvec(w, x, b, out):
+    """out = w @ x + b, one row at a time (each row's dot product runs in vector lanes)."""
+    for i in range(w.shape[0]):
+        acc = b[i]
+        for j in range(x.shape[0]):
+            acc += w[i, j] * x[j]
+        out[i] = acc
+
+
+@njit(**_JIT)
+def _run(cell, tokens, table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, gh, logits):
+    """Feed `tokens` one after another, updating h and c, (layers, hidden), in place; then the
+    logits after the last one (the output layer runs once, not once per token).
+
+    Layer k > 0 reads the new h of layer k − 1 (w_ih[k − 1], b_ih[k − 1]); layer 0 reads its
+    row of `table`. gi and gh are scratch vectors of gates × hidden."""
+    layers, n = h.shape
+    for t in range(tokens.shape[0]):
+        for k in range(layers):
+            if k == 0:
+                gi[:] = table[tokens[t]]
+            else:
+                _matvec(w_ih[k - 1], h[k - 1], b_ih[k - 1], gi)
+            _matvec(w_hh[k], h[k], b_hh[k], gh)
+            if cell == 0:  # GRU: h' = n + z (h − n), n = tanh(i_n + r ⊙ h_n)
+                for u in range(n):
+                    r = _sigmoid(gi[u] + gh[u])
+                    z = _sigmoid(gi[n + u] + gh[n + u])
+                    m = _tanh(gi[2 * n + u] + r * gh[2 * n + u])
+                    h[k, u] = m + z * (h[k, u] - m)
+            elif cell == 1:  # LSTM: c' = f c + i g, h' = o tanh(c')
+                for u in range(n):
+                    i = _sigmoid(gi[u] + gh[u])
+                    f = _sigmoid(gi[n + u] + gh[n + u])
+                    g = _tanh(gi[2 * n + u] + gh[2 * n + u])
+                    o = _sigmoid(gi[3 * n + u] + gh[3 * n + u])
+                    c[k, u] = f * c[k, u] + i * g
+                    h[k, u] = o * _tanh(c[k, u])
+            else:  # vanilla RNN: h' = tanh(W_ih x + b_ih + W_hh h + b_hh)
+                for u in range(n):
+                    h[k, u] = _tanh(gi[u] + gh[u])
+    _matvec(head_w, h[layers - 1], head_b, logits)
 
 
 class Stepper:
@@ -50,16 +133,22 @@ class Stepper:
         rnn = model.rnn
 
         def array(t: torch.Tensor) -> np.ndarray:
-            return t.detach().numpy()  # a view: the module's own memory
+            return np.ascontiguousarray(t.detach().numpy())  # a view of the module's own memory
+
+        def stacked(name: str, layers: range) -> np.ndarray:
+            if not layers:  # one layer: nothing above layer 0 reads an input matrix
+                return np.zeros((1, 1, 1) if name.startswith("weight") else (1, 1), self.dtype)
+            return np.stack([array(getattr(rnn, f"{name}_l{k}")) for k in layers])  # a copy
 
         with torch.no_grad():
-            # Layer 0's input projection for every token at once: (vocab, gates * hidden).
-            table = model.input_table()
-        self.table = table.numpy()
-        self.weights = [tuple(array(getattr(rnn, f"{name}_l{k}"))
-                              for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-                        for k in range(c.layers)]
+            self.table = model.input_table().numpy()  # (vocab, gates · hidden)
+        self.dtype = self.table.dtype
+        above = range(1, c.layers)
+        self.w_ih, self.b_ih = stacked("weight_ih", above), stacked("bias_ih", above)
+        self.w_hh, self.b_hh = stacked("weight_hh", range(c.layers)), stacked("bias_hh", range(c.layers))
         self.head_w, self.head_b = array(model.head.weight), array(model.head.bias)
+        # Compile now (or load the cached machine code), not in the middle of the first reply.
+        self.feed((), model.zero_state(1))
 
     def step(self, token: int, state: State) -> tuple[torch.Tensor, State]:
         """Feed one token: (logits over the vocabulary, the new state shaped like the module's)."""
@@ -68,51 +157,12 @@ class Stepper:
     def feed(self, tokens: Sequence[int], state: State) -> tuple[torch.Tensor, State]:
         """Feed several tokens, one after another: (logits after the last one, the new state).
         Like `step` repeated, without computing the logits that nobody reads."""
-        h, c = self._arrays(state)
-        for token in tokens:
-            h, c = self._recur(token, h, c)
-        return torch.from_numpy(self.head_w @ h[-1, 0] + self.head_b), self._state(h, c)
-
-    def _arrays(self, state: State) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.cell == "lstm":
-            return state[0].numpy(), state[1].numpy()
-        return state.numpy(), None
-
-    def _state(self, h: np.ndarray, c: np.ndarray | None) -> State:
-        return (torch.from_numpy(h), torch.from_numpy(c)) if c is not None else torch.from_numpy(h)
-
-    def _recur(self, token: int, hs: np.ndarray, cs: np.ndarray | None):
-        """One step of every layer on (layers, 1, hidden) arrays; returns new arrays."""
-        n_h = self.hidden
-        new_h = np.empty_like(hs)
-        new_c = np.empty_like(cs) if cs is not None else None
-        x = None
-        for k in range(self.layers):
-            w_ih, w_hh, b_ih, b_hh = self.weights[k]
-            h = hs[k, 0]
-            gi = self.table[token] if k == 0 else w_ih @ x + b_ih
-            gh = w_hh @ h
-            gh += b_hh
-            if self.cell == "gru":
-                rz = _sigmoid(gi[:2 * n_h] + gh[:2 * n_h])
-                n = gh[2 * n_h:]
-                n *= rz[:n_h]
-                n += gi[2 * n_h:]
-                n = np.tanh(n, out=n)
-                x = new_h[k, 0]
-                np.subtract(h, n, out=x)  # h' = (1 - z) n + z h = n + z (h - n)
-                x *= rz[n_h:]
-                x += n
-            elif self.cell == "lstm":
-                g = gi + gh
-                i, f, o = _sigmoid(g[:n_h]), _sigmoid(g[n_h:2 * n_h]), _sigmoid(g[3 * n_h:])
-                c = new_c[k, 0]
-                np.multiply(f, cs[k, 0], out=c)
-                c += i * np.tanh(g[2 * n_h:3 * n_h])
-                x = new_h[k, 0]
-                np.multiply(o, np.tanh(c), out=x)
-            else:
-                x = new_h[k, 0]
-                np.add(gi, gh, out=x)
-                np.tanh(x, out=x)
-        return new_h, new_c
+        lstm = self.cell == "lstm"
+        h = (state[0] if lstm else state).numpy()[:, 0].copy()  # (layers, hidden), a new array
+        c = state[1].numpy()[:, 0].copy() if lstm else h[:0]
+        logits = np.empty(self.head_w.shape[0], self.dtype)
+        gi, gh = np.empty((2, self.table.shape[1]), self.dtype)  # scratch: per call, so thread-safe
+        _run(_CELLS[self.cell], np.array(tokens, dtype=np.int64), self.table, self.w_ih, self.b_ih,
+             self.w_hh, self.b_hh, self.head_w, self.head_b, h, c, gi, gh, logits)
+        new_h = torch.from_numpy(h[:, None])  # (layers, 1, hidden), as the module returns it
+        return torch.from_numpy(logits), (new_h, torch.from_numpy(c[:, None])) if lstm else new_h

@@ -73,3 +73,20 @@ def test_a_session_replies_as_the_module_would(tiny_checkpoint):
         _, state = model(torch.tensor([[tok.newline_id]]), state)
     assert tok.decode(out) == reply
     torch.testing.assert_close(session.state, state, atol=1e-5, rtol=1e-5)
+
+
+def test_the_compiled_tanh_and_sigmoid_match_numpy():
+    """The step's σ and tanh are a rational approximation (Eigen's): within a few float32 units in
+    the last place everywhere, flat (within one unit of ±1) far out, and odd."""
+    import numpy as np
+
+    from contextbot.stepper import _sigmoid, _tanh
+
+    xs = np.concatenate([np.linspace(-30, 30, 4001), [-1e6, -8.0, -1e-6, 0.0, 1e-6, 8.0, 1e6]]).astype(np.float32)
+    tanh = np.array([_tanh(x) for x in xs], dtype=np.float32)
+    sigmoid = np.array([_sigmoid(x) for x in xs], dtype=np.float32)
+    np.testing.assert_allclose(tanh, np.tanh(xs.astype(np.float64)), atol=3e-7, rtol=0)
+    np.testing.assert_allclose(sigmoid, 0.5 + 0.5 * np.tanh(xs.astype(np.float64) / 2), atol=3e-7, rtol=0)
+    assert (np.abs(tanh[np.abs(xs) >= 9]) >= np.float32(1 - 3e-7)).all()
+    assert (np.abs(tanh) <= 1).all()
+    np.testing.assert_array_equal(tanh, -np.array([_tanh(-x) for x in xs], dtype=np.float32))
