@@ -146,9 +146,10 @@ class RecurrentLM(nn.Module):
 
         `keep` (batch, seq) of 0 and 1, as training and validation pass it: 0 where a new
         conversation starts, so the state is zeroed just before that token is read. A reset after
-        the first token runs the recurrence through `scan.Scan`, which can reset mid-chunk and has
-        a hand-written backward; otherwise PyTorch's own kernel runs. Both compute the same
-        function with the same weights (tests/test_scan.py).
+        the first token runs the recurrence, on the CPU, through `scan.Scan`, which can reset
+        mid-chunk and has a hand-written backward; on another device (a GPU), through PyTorch's
+        kernel once per stretch between resets (`_by_stretches`). Otherwise PyTorch's own kernel
+        runs once. All compute the same function with the same weights (tests/test_scan.py).
 
         With `referents=True` (training), also the referent head's logits, (batch, seq, 2, classes):
         who "he" and "she" mean after each token, read off the hidden state."""
@@ -161,8 +162,10 @@ class RecurrentLM(nn.Module):
         if keep is None:
             x = self.drop(self.embedding(tokens))  # (batch, seq, embed)
             out, state = self.rnn(x, state)  # (batch, seq, hidden)
-        else:
+        elif tokens.device.type == "cpu":
             out, state = self._scan(tokens, state, keep)
+        else:
+            out, state = self._by_stretches(tokens, state, keep)
         logits = self.head(self.drop(out))
         if referents:
             if self.referent_head is None:
@@ -205,6 +208,21 @@ class RecurrentLM(nn.Module):
         new_state = (h, torch.stack(last_c)) if c.cell == "lstm" else h
         # (batch, seq, hidden), in one copy: the heads then read it as it lies
         return x.permute(2, 1, 0).contiguous(), new_state
+
+    def _by_stretches(self, tokens: torch.Tensor, state: State | None, keep: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """Resets mid-chunk on any device: PyTorch's kernel (cuDNN on a GPU) over each stretch of
+        steps between two steps where some stream starts afresh, zeroing those streams' state in
+        between. One call per stretch: fine for a GPU, slower than the scan on a CPU."""
+        if state is None:
+            state = self.zero_state(tokens.shape[0], tokens.device)
+        x = self.drop(self.embedding(tokens))  # (batch, seq, embed)
+        starts = (keep[:, 1:] == 0).any(0).nonzero().flatten().add(1).tolist()
+        bounds = [0, *starts, tokens.shape[1]]
+        outs = []
+        for a, b in zip(bounds, bounds[1:]):
+            out, state = self.rnn(x[:, a:b], mask_state(state, keep[:, a]))
+            outs.append(out)
+        return torch.cat(outs, 1), state
 
     def input_table(self) -> torch.Tensor:
         """Layer 0's input projection of every token, (vocab, gates·hidden): W_ih e + b_ih for each

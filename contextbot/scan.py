@@ -8,9 +8,8 @@ reads there is zeros. Streams can then hold conversations back to back (data.py)
 
 The backward pass is backpropagation through time spelled out (the seeds' article on BPTT):
 
-- the forward loop stores each step's gate activations;
-- every factor that does not depend on the incoming gradient (σ' = σ(1 − σ), tanh' = 1 − tanh²,
-  h_{t−1} − n, ...) is computed once for the whole chunk, in large vectorised operations;
+- the forward loop stores each step's gate activations (and, for a GRU, U_n h + b_hn; for an
+  LSTM, c_t and tanh c_t);
 - the backward loop walks the steps in reverse carrying one gradient, dL/dh (and dL/dc for an
   LSTM), through the recurrent matrix: for a GRU, dh_{t−1} = (Uᵀ dgh_t + z_t ⊙ dh_t) ⊙ keep_t,
   where dgh_t is the gradient of U h + b_hh (for the n gate that is r ⊙ dn: the n gate's input
@@ -18,12 +17,18 @@ The backward pass is backpropagation through time spelled out (the seeds' articl
 - the recurrent weight's gradient is then one large matrix multiply over every step at once,
   Σ_t dgates_t h_{t−1}ᵀ, rather than a thin one per step.
 
+Each step is then one matrix multiply in PyTorch (U h, or Uᵀ dgates: MKL/oneDNN, both cores) and
+one compiled loop (`_gru_forward`, `_gru_backward`, ...: Numba, see kernels.py) that does all of
+the step's element-wise arithmetic in one pass: σ, tanh, the new state, and in the backward pass
+every gate's gradient. As PyTorch operations that was about ten separate passes over the step's
+block, each 5–25 µs; measured on README's machine, the GRU's loop is about 30 µs a step.
+
 Inside, every tensor is laid out with the streams as *columns*: h is (hidden, batch) and a step's
 gates (gates·hidden, batch), so each gate's block (r, z, n) is a contiguous slice of rows. Measured
 on the 2-core machine of README's "Performance", an element-wise operation on a (256, 32) block
-took 5–10 µs contiguous and 20–30 µs as a strided slice of a wider matrix, and a step makes about
-ten of them; the (768, 256) x (256, 32) recurrent multiply was also faster this way round than
-as (32, 256) x (256, 768).
+took 5–10 µs contiguous and 20–30 µs as a strided slice of a wider matrix (before the compiled
+loops, a step made about ten of them); the (768, 256) x (256, 32) recurrent multiply is also
+faster this way round than as (32, 256) x (256, 768).
 
 `keep` must hold 0 and 1 only: the state is multiplied by it at the steps that hold a 0.
 
@@ -33,9 +38,104 @@ Gates are packed as PyTorch packs them: GRU (r, z, n), LSTM (i, f, g, o).
 from __future__ import annotations
 
 import torch
+from numba import njit
 from torch.autograd.function import once_differentiable
 
+from .kernels import JIT, sigmoid, tanh
+
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+# -- the per-step element-wise work, compiled (kernels.py says why) -------------------------------
+# Each takes one step's blocks, (rows, batch) NumPy views of the tensors below, and does in one
+# pass what would otherwise be half a dozen tensor operations.
+
+@njit(**JIT)
+def _gru_forward(gi, gh, h, act, un, out):
+    """r, z = σ(gi + gh); n = tanh(gi_n + r ⊙ gh_n); out = n + z ⊙ (h − n). Stores r, z, n in
+    act and gh_n (U_n h + b_hn, which the backward pass needs) in un."""
+    hid, batch = h.shape
+    for u in range(hid):
+        for b in range(batch):
+            r = sigmoid(gi[u, b] + gh[u, b])
+            z = sigmoid(gi[hid + u, b] + gh[hid + u, b])
+            e = gh[2 * hid + u, b]
+            n = tanh(gi[2 * hid + u, b] + r * e)
+            act[u, b], act[hid + u, b], act[2 * hid + u, b] = r, z, n
+            un[u, b] = e
+            out[u, b] = n + z * (h[u, b] - n)
+
+
+@njit(**JIT)
+def _gru_backward(dh, d_out, act, un, prev, d_gates, d_n, carry):
+    """Given dL/dh_t from step t + 1 (dh) and from this step's output (d_out): the gradient of
+    every gate's pre-activation into d_gates (the recurrent side's; n's input side, without the
+    factor r, into d_n), and dL/dh_t ⊙ z into carry, the part of dL/dh_{t−1} that skips U."""
+    hid, batch = dh.shape
+    for u in range(hid):
+        for b in range(batch):
+            d = dh[u, b] + d_out[u, b]
+            r, z, n = act[u, b], act[hid + u, b], act[2 * hid + u, b]
+            dn = d * (1 - z) * (1 - n * n)  # through h = (1 − z) n + z h_{t−1}, n = tanh(·)
+            d_n[u, b] = dn
+            d_gates[u, b] = dn * un[u, b] * r * (1 - r)  # r sits in n's r ⊙ (U_n h + b_hn)
+            d_gates[hid + u, b] = d * (prev[u, b] - n) * z * (1 - z)
+            d_gates[2 * hid + u, b] = dn * r
+            carry[u, b] = d * z
+
+
+@njit(**JIT)
+def _lstm_forward(gi, gh, c, act, c_out, tc_out, out):
+    """i, f, o = σ(gi + gh), g = tanh(gi + gh); c' = f ⊙ c + i ⊙ g; out = o ⊙ tanh(c').
+    Stores i, f, g, o in act, c' in c_out and tanh(c') in tc_out."""
+    hid, batch = c.shape
+    for u in range(hid):
+        for b in range(batch):
+            i = sigmoid(gi[u, b] + gh[u, b])
+            f = sigmoid(gi[hid + u, b] + gh[hid + u, b])
+            g = tanh(gi[2 * hid + u, b] + gh[2 * hid + u, b])
+            o = sigmoid(gi[3 * hid + u, b] + gh[3 * hid + u, b])
+            act[u, b], act[hid + u, b], act[2 * hid + u, b], act[3 * hid + u, b] = i, f, g, o
+            cc = f * c[u, b] + i * g
+            tc = tanh(cc)
+            c_out[u, b], tc_out[u, b] = cc, tc
+            out[u, b] = o * tc
+
+
+@njit(**JIT)
+def _lstm_backward(dh, d_out, dc, act, c_prev, tc, d_gates):
+    """Given dL/dh_t (dh + d_out) and dL/dc_t from step t + 1 (dc): every gate's gradient into
+    d_gates, and dL/dc_{t−1} = dL/dc_t ⊙ f into dc, in place."""
+    hid, batch = dh.shape
+    for u in range(hid):
+        for b in range(batch):
+            d = dh[u, b] + d_out[u, b]
+            i, f, g, o = act[u, b], act[hid + u, b], act[2 * hid + u, b], act[3 * hid + u, b]
+            t = tc[u, b]
+            dcc = dc[u, b] + d * o * (1 - t * t)  # h = o tanh(c) adds to c's gradient
+            d_gates[u, b] = dcc * g * i * (1 - i)
+            d_gates[hid + u, b] = dcc * c_prev[u, b] * f * (1 - f)
+            d_gates[2 * hid + u, b] = dcc * i * (1 - g * g)
+            d_gates[3 * hid + u, b] = d * t * o * (1 - o)
+            dc[u, b] = dcc * f
+
+
+@njit(**JIT)
+def _rnn_forward(gi, gh, out):
+    """out = tanh(gi + gh)."""
+    hid, batch = out.shape
+    for u in range(hid):
+        for b in range(batch):
+            out[u, b] = tanh(gi[u, b] + gh[u, b])
+
+
+@njit(**JIT)
+def _rnn_backward(dh, d_out, h, d_gates):
+    """d_gates = (dh + d_out) ⊙ (1 − h²), through h = tanh(·)."""
+    hid, batch = dh.shape
+    for u in range(hid):
+        for b in range(batch):
+            d_gates[u, b] = (dh[u, b] + d_out[u, b]) * (1 - h[u, b] * h[u, b])
 
 
 class Scan(torch.autograd.Function):
@@ -46,47 +146,39 @@ class Scan(torch.autograd.Function):
     None unless LSTM; w_hh (gates·hidden, hidden) and b_hh:
     the recurrent weights; keep (seq, batch): 0 where a stream starts afresh, else 1.
     Returns every step's h (seq, hidden, batch), and the last c (batch, hidden) of an LSTM (an
-    empty tensor for the other cells).
+    empty tensor for the other cells). CPU tensors only (the kernels are compiled for the CPU).
     """
 
     @staticmethod
     def forward(ctx, cell: str, gi, h0, c0, w_hh, b_hh, keep):
         width, seq, batch = gi.shape
         hid = width // GATES[cell]
-        gi = gi.transpose(0, 1).contiguous()  # (seq, gates·hidden, batch): each step's block contiguous
+        gi = gi.detach().transpose(0, 1).contiguous()  # (seq, gates·hidden, batch): each step's block contiguous
         keep = keep.unsqueeze(1).to(gi.dtype)  # (seq, 1, batch)
         resets = (keep == 0).flatten(1).any(1).tolist()  # the steps where some stream starts afresh
         out = gi.new_empty(seq, hid, batch)  # h_t of every step
-        acts = gi.new_empty(seq, width, batch) if cell != "rnn" else None  # every step's gate activations
-        # GRU: U_n h + b_hn of every step; LSTM: c_t and tanh(c_t)
-        extra = gi.new_empty(*([2] if cell == "lstm" else []), seq, hid, batch) if cell != "rnn" else None
-        b = b_hh.unsqueeze(1)  # (gates·hidden, 1): added to every column
-        h = h0.t()
-        c = c0.t() if c0 is not None else None
-        r, z, n = slice(0, hid), slice(hid, 2 * hid), slice(2 * hid, 3 * hid)  # GRU's gate rows
+        acts = gi.new_empty(seq, width, batch)  # every step's gate activations (RNN: unused)
+        # GRU: U_n h + b_hn of every step; LSTM: c_t and tanh(c_t); RNN: nothing
+        extra = gi.new_empty(2 if cell == "lstm" else 1, seq, hid, batch)
+        b, w = b_hh.detach().unsqueeze(1), w_hh.detach()  # b: (gates·hidden, 1), added to every column
+        h = h0.detach().t().contiguous()
+        c = c0.detach().t().contiguous() if c0 is not None else None
+        gh = gi.new_empty(width, batch)  # a step's U h + b_hh
+        # NumPy views of the same memory, for the compiled kernels
+        gi_, gh_, out_, acts_, extra_ = gi.numpy(), gh.numpy(), out.numpy(), acts.numpy(), extra.numpy()
         for t in range(seq):
             if resets[t]:
                 h = h * keep[t]
                 c = c * keep[t] if c is not None else None
-            if cell == "rnn":  # h = tanh(W x + b_ih + U h + b_hh)
-                h = torch.addmm(b, w_hh, h, out=out[t]).add_(gi[t]).tanh_()
-                continue
-            a = acts[t]
+            torch.addmm(b, w, h, out=gh)  # U h + b_hh, all gates at once
             if cell == "gru":
-                gh = torch.addmm(b, w_hh, h)  # (3·hidden, batch): U_r h, U_z h, U_n h, with b_hh
-                torch.add(gi[t, :n.start], gh[:n.start], out=a[:n.start]).sigmoid_()  # r and z
-                extra[t].copy_(gh[n])
-                # n = tanh(W_n x + b_in + r ⊙ (U_n h + b_hn))
-                torch.mul(a[r], gh[n], out=a[n]).add_(gi[t, n]).tanh_()
-                # h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}, computed as n + z ⊙ (h_{t−1} − n)
-                h = torch.sub(h, a[n], out=out[t]).mul_(a[z]).add_(a[n])
-            else:  # lstm: c_t = f ⊙ c_{t−1} + i ⊙ g, h_t = o ⊙ tanh(c_t)
-                torch.addmm(b, w_hh, h, out=a).add_(gi[t])
-                a[:2 * hid].sigmoid_()  # input i, forget f
-                a[2 * hid:3 * hid].tanh_()  # candidate g
-                a[3 * hid:].sigmoid_()  # output o
-                c = torch.mul(a[hid:2 * hid], c, out=extra[0, t]).addcmul_(a[:hid], a[2 * hid:3 * hid])
-                h = torch.mul(a[3 * hid:], torch.tanh(c, out=extra[1, t]), out=out[t])
+                _gru_forward(gi_[t], gh_, h.numpy(), acts_[t], extra_[0, t], out_[t])
+            elif cell == "lstm":
+                _lstm_forward(gi_[t], gh_, c.numpy(), acts_[t], extra_[0, t], extra_[1, t], out_[t])
+                c = extra[0, t]
+            else:
+                _rnn_forward(gi_[t], gh_, out_[t])
+            h = out[t]
         ctx.cell, ctx.resets = cell, resets
         ctx.save_for_backward(acts, extra, out, h0, c0, w_hh, keep)
         if cell == "lstm":
@@ -102,65 +194,37 @@ class Scan(torch.autograd.Function):
         cell, resets = ctx.cell, ctx.resets
         seq, hid, batch = out.shape
         d_out = d_out.contiguous()  # one copy into the loop's layout, if it came in another
-        # The state each step read, after its reset, laid out (hidden, seq, batch) so that the
-        # recurrent weight's gradient below is one multiply with no copy.
-        h_prev = torch.cat([h0.t()[None], out[:-1]]).mul_(keep).permute(1, 0, 2).contiguous()
+        # The state each step read, after its reset: (seq, hidden, batch) for the kernels, and
+        # (hidden, seq, batch) so that the recurrent weight's gradient below is one multiply.
+        prev = torch.cat([h0.t()[None], out[:-1]]).mul_(keep)
+        h_prev = prev.permute(1, 0, 2).contiguous()
         # dL/d(pre-activation) of every gate at every step, (seq, gates·hidden, batch)
-        d_acts = out.new_empty(seq, acts.shape[1] if acts is not None else hid, batch)
+        d_acts = out.new_empty(seq, acts.shape[1], batch)
         w = w_hh.t()  # (hidden, gates·hidden): carries dgates back to dh
-        dh = torch.zeros_like(out[0])
-        dc = None
-        if cell == "rnn":
-            slope = torch.addcmul(out.new_ones(()), out, out, value=-1)  # tanh' = 1 − h²
-            for t in reversed(range(seq)):
-                dh = dh + d_out[t]
-                g = torch.mul(dh, slope[t], out=d_acts[t])
-                dh = w @ g
-                if resets[t]:
-                    dh = dh * keep[t]
-        elif cell == "gru":
-            hid2 = 2 * hid
-            r, z, n = acts[:, :hid], acts[:, hid:hid2], acts[:, hid2:]
-            # The factors that do not depend on the gradient, for every step at once:
-            h_prev_t = h_prev.permute(1, 0, 2)  # (seq, hidden, batch), a view
-            to_n = (1 - z).mul_(torch.addcmul(n.new_ones(()), n, n, value=-1))  # (1 − z)(1 − n²)
-            to_z = (h_prev_t - n).mul_(torch.addcmul(z, z, z, value=-1))  # (h_{t−1} − n) z(1 − z)
-            to_r = torch.addcmul(r, r, r, value=-1).mul_(extra)  # r(1 − r) (U_n h + b_hn)
-            d_n = torch.empty_like(n)  # n's gradient on the input side: no factor r there
-            for t in reversed(range(seq)):
-                dh = dh + d_out[t]  # dL/dh_t: from this step's output and from step t + 1
-                g = d_acts[t]
-                dn = torch.mul(dh, to_n[t], out=d_n[t])
-                torch.mul(dn, to_r[t], out=g[:hid])
-                torch.mul(dh, to_z[t], out=g[hid:hid2])
-                torch.mul(dn, r[t], out=g[hid2:])  # U_n h sits inside r ⊙ (U_n h + b_hn)
-                dh = torch.addmm(dh * z[t], w, g)
-                if resets[t]:
-                    dh = dh * keep[t]
-        else:  # lstm
-            i, f, g_, o = (acts[:, k * hid:(k + 1) * hid] for k in range(4))
-            cs, tc = extra  # c_t and tanh(c_t) of every step
-            c_prev = torch.cat([c0.t()[None], cs[:-1]]).mul_(keep)
-            one = extra.new_ones(())
-            to_c = torch.addcmul(one, tc, tc, value=-1).mul_(o)  # dL/dc_t gains dh ⊙ to_c via h = o tanh(c)
-            to_o = torch.addcmul(o, o, o, value=-1).mul_(tc)
-            to_i = torch.addcmul(i, i, i, value=-1).mul_(g_)
-            to_f = torch.addcmul(f, f, f, value=-1).mul_(c_prev)
-            to_g = torch.addcmul(one, g_, g_, value=-1).mul_(i)
-            dc = d_last_c.t()  # the final cell's gradient from whatever read it
-            for t in reversed(range(seq)):
-                dh = dh + d_out[t]
-                dc = torch.addcmul(dc, dh, to_c[t])
-                a = d_acts[t]
-                torch.mul(dc, to_i[t], out=a[:hid])
-                torch.mul(dc, to_f[t], out=a[hid:2 * hid])
-                torch.mul(dc, to_g[t], out=a[2 * hid:3 * hid])
-                torch.mul(dh, to_o[t], out=a[3 * hid:])
-                dh = w @ a
-                dc = dc * f[t]
-                if resets[t]:
-                    dh, dc = dh * keep[t], dc * keep[t]
-            dc = dc.t()
+        dh = torch.zeros_like(out[0])  # dL/dh_t from the steps after t
+        carry = torch.empty_like(dh)  # the part of dL/dh_{t−1} that does not go through U
+        d_n = torch.empty_like(out) if cell == "gru" else None  # n's gradient on the input side
+        dc = d_last_c.t().clone(memory_format=torch.contiguous_format) if cell == "lstm" else None
+        c_prev = torch.cat([c0.t()[None], extra[0, :-1]]).mul_(keep) if cell == "lstm" else None
+        out_, d_out_, acts_, extra_, prev_, d_acts_, carry_ = (
+            x.numpy() for x in (out, d_out, acts, extra, prev, d_acts, carry))
+        d_n_ = d_n.numpy() if d_n is not None else None
+        c_prev_ = c_prev.numpy() if c_prev is not None else None
+        for t in reversed(range(seq)):
+            if cell == "gru":
+                _gru_backward(dh.numpy(), d_out_[t], acts_[t], extra_[0, t], prev_[t], d_acts_[t],
+                              d_n_[t], carry_)
+            elif cell == "lstm":
+                _lstm_backward(dh.numpy(), d_out_[t], dc.numpy(), acts_[t], c_prev_[t], extra_[1, t],
+                               d_acts_[t])
+            else:
+                _rnn_backward(dh.numpy(), d_out_[t], out_[t], d_acts_[t])
+            # dL/dh_{t−1} = Uᵀ dgates (+ z ⊙ dL/dh_t for a GRU, whose h_t passes h_{t−1} on)
+            dh = torch.addmm(carry, w, d_acts[t]) if cell == "gru" else w @ d_acts[t]
+            if resets[t]:
+                dh = dh * keep[t]
+                dc = dc * keep[t] if dc is not None else None
+        dc = dc.t() if dc is not None else None
         width = d_acts.shape[1]
         d_acts = d_acts.transpose(0, 1).contiguous()  # (gates·hidden, seq, batch), as gi came
         flat = d_acts.view(width, seq * batch)

@@ -14,11 +14,9 @@ call into Python or PyTorch between the characters of a question. Three more sav
 - **the input projection is a lookup.** The first layer only ever sees an embedding row, so
   W_ih · embedding[token] + b_ih is precomputed for every token once: a (vocab, gates × hidden)
   table. A step starts with one row of it instead of an embedding call and a matrix product.
-- **σ and tanh as a rational function.** `tanh` from the C library is one call per element, and
-  a call cannot be vectorised. `_tanh` is the rational approximation that Eigen (and so
-  PyTorch's CPU kernels) use: a clamp, two polynomials and a division, exact to a few units in
-  the last place of a float, and the compiler runs 8 elements at a time through it with AVX2.
-  σ(x) = (1 + tanh(x / 2)) / 2.
+- **σ and tanh that vectorise.** `tanh` from the C library is one call per element, and a call
+  cannot be vectorised; kernels.py's `tanh` is a rational approximation exact to float32's own
+  rounding, so the compiler runs 8 units at a time through a gate.
 - **no output layer while reading.** The question's characters need the state, not a
   prediction, so `feed` computes the vocabulary projection only after the last character.
 
@@ -40,46 +38,13 @@ import numpy as np
 import torch
 from numba import njit
 
+from .kernels import JIT, sigmoid, tanh
 from .model import RecurrentLM, State
 
-# Fast-math flags that allow reordering sums (so a dot product runs 8 lanes at a time) without
-# assuming the absence of NaN or infinity (a broken checkpoint should give NaN, not garbage).
-_FLAGS = {"contract", "reassoc", "arcp", "nsz"}
-_JIT = dict(nogil=True, cache=True, fastmath=_FLAGS, error_model="numpy")
 _CELLS = {"gru": 0, "lstm": 1, "rnn": 2}
 
 
-# Eigen's coefficients, as float32 constants: a Python float literal would turn float32 arithmetic
-# into float64 (half as many vector lanes).
-_CLAMP = np.float32(7.90531110763549805)  # tanh(±7.9) rounds to ±1 in float32
-_P = tuple(np.float32(a) for a in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
-                                   5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
-                                   4.89352455891786e-03))
-_Q = tuple(np.float32(b) for b in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
-                                   4.89352518554385e-03))
-_HALF = np.float32(0.5)
-
-
-@njit(inline="always", **_JIT)
-def _tanh(x):
-    """tanh(x) as Eigen's rational approximation: x · p(x²) / q(x²) on x clamped to ±7.9."""
-    x = min(max(x, -_CLAMP), _CLAMP)
-    x2 = x * x
-    p = _P[0]
-    for a in _P[1:]:
-        p = p * x2 + a
-    q = _Q[0]
-    for b in _Q[1:]:
-        q = q * x2 + b
-    return x * p / q
-
-
-@njit(inline="always", **_JIT)
-def _sigmoid(x):
-    return _HALF + _HALF * _tanh(_HALF * x)
-
-
-@njit(**_JIT)
+@njit(**JIT)
 def _matvec(w, x, b, out):
     """out = w @ x + b, one row at a time (each row's dot product runs in vector lanes)."""
     for i in range(w.shape[0]):
@@ -89,7 +54,7 @@ def _matvec(w, x, b, out):
         out[i] = acc
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def _run(cell, tokens, table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, gh, logits):
     """Feed `tokens` one after another, updating h and c, (layers, hidden), in place; then the
     logits after the last one (the output layer runs once, not once per token).
@@ -106,21 +71,21 @@ def _run(cell, tokens, table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, 
             _matvec(w_hh[k], h[k], b_hh[k], gh)
             if cell == 0:  # GRU: h' = n + z (h − n), n = tanh(i_n + r ⊙ h_n)
                 for u in range(n):
-                    r = _sigmoid(gi[u] + gh[u])
-                    z = _sigmoid(gi[n + u] + gh[n + u])
-                    m = _tanh(gi[2 * n + u] + r * gh[2 * n + u])
+                    r = sigmoid(gi[u] + gh[u])
+                    z = sigmoid(gi[n + u] + gh[n + u])
+                    m = tanh(gi[2 * n + u] + r * gh[2 * n + u])
                     h[k, u] = m + z * (h[k, u] - m)
             elif cell == 1:  # LSTM: c' = f c + i g, h' = o tanh(c')
                 for u in range(n):
-                    i = _sigmoid(gi[u] + gh[u])
-                    f = _sigmoid(gi[n + u] + gh[n + u])
-                    g = _tanh(gi[2 * n + u] + gh[2 * n + u])
-                    o = _sigmoid(gi[3 * n + u] + gh[3 * n + u])
+                    i = sigmoid(gi[u] + gh[u])
+                    f = sigmoid(gi[n + u] + gh[n + u])
+                    g = tanh(gi[2 * n + u] + gh[2 * n + u])
+                    o = sigmoid(gi[3 * n + u] + gh[3 * n + u])
                     c[k, u] = f * c[k, u] + i * g
-                    h[k, u] = o * _tanh(c[k, u])
+                    h[k, u] = o * tanh(c[k, u])
             else:  # vanilla RNN: h' = tanh(W_ih x + b_ih + W_hh h + b_hh)
                 for u in range(n):
-                    h[k, u] = _tanh(gi[u] + gh[u])
+                    h[k, u] = tanh(gi[u] + gh[u])
     _matvec(head_w, h[layers - 1], head_b, logits)
 
 

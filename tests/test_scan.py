@@ -218,3 +218,17 @@ def test_training_aligns_streams_only_where_a_fused_kernel_wins(tiny_tokenizer, 
         mid_chunk_reset |= not bool(sched.get(step).keep[:, 1:].all())
         step += 1
     assert mid_chunk_reset != aligned  # back to back, a conversation starts mid-chunk
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_the_stretches_path_for_other_devices_computes_what_the_scan_computes(cell):
+    """Off the CPU, resets mid-chunk go through PyTorch's kernel once per stretch between resets
+    (no GPU here, so it is called directly): the same outputs, state and gradients as the scan."""
+    m = double_model(cell, layers=2)
+    x = torch.randint(0, 11, (3, 10))
+    s0 = random_state(m, 3)
+    w = torch.randn(3, 10, 11, dtype=torch.double)
+    keep = torch.ones(3, 10)
+    keep[0, 0] = keep[1, 3] = keep[2, 3] = keep[0, 7] = keep[2, 9] = 0
+    out, state = m._by_stretches(x, s0, keep)
+    assert_same(m, s0, w, (m.head(out), state), m(x, s0, keep=keep))

@@ -76,17 +76,32 @@ def test_a_session_replies_as_the_module_would(tiny_checkpoint):
 
 
 def test_the_compiled_tanh_and_sigmoid_match_numpy():
-    """The step's σ and tanh are a rational approximation (Eigen's): within a few float32 units in
-    the last place everywhere, flat (within one unit of ±1) far out, and odd."""
+    """The compiled σ and tanh (contextbot.kernels): in float32 a rational approximation (Eigen's),
+    within a few units in the last place everywhere, flat (within one unit of ±1) far out, and
+    odd; in float64 the exact functions."""
+    import numba
     import numpy as np
 
-    from contextbot.stepper import _sigmoid, _tanh
+    from contextbot.kernels import JIT, sigmoid, tanh
 
-    xs = np.concatenate([np.linspace(-30, 30, 4001), [-1e6, -8.0, -1e-6, 0.0, 1e-6, 8.0, 1e6]]).astype(np.float32)
-    tanh = np.array([_tanh(x) for x in xs], dtype=np.float32)
-    sigmoid = np.array([_sigmoid(x) for x in xs], dtype=np.float32)
-    np.testing.assert_allclose(tanh, np.tanh(xs.astype(np.float64)), atol=3e-7, rtol=0)
-    np.testing.assert_allclose(sigmoid, 0.5 + 0.5 * np.tanh(xs.astype(np.float64) / 2), atol=3e-7, rtol=0)
-    assert (np.abs(tanh[np.abs(xs) >= 9]) >= np.float32(1 - 3e-7)).all()
-    assert (np.abs(tanh) <= 1).all()
-    np.testing.assert_array_equal(tanh, -np.array([_tanh(-x) for x in xs], dtype=np.float32))
+    @numba.njit(**{k: v for k, v in JIT.items() if k != "cache"})
+    def both(x, t, s):
+        for i in range(x.shape[0]):
+            t[i] = tanh(x[i])
+            s[i] = sigmoid(x[i])
+
+    def run(x):
+        t, s = np.empty_like(x), np.empty_like(x)
+        both(x, t, s)
+        return t, s
+
+    xs = np.concatenate([np.linspace(-30, 30, 4001), [-1e6, -8.0, -1e-6, 0.0, 1e-6, 8.0, 1e6]])
+    exact_t, exact_s = np.tanh(xs), 0.5 + 0.5 * np.tanh(xs / 2)
+    t32, s32 = run(xs.astype(np.float32))
+    np.testing.assert_allclose(t32, exact_t, atol=3e-7, rtol=0)
+    np.testing.assert_allclose(s32, exact_s, atol=3e-7, rtol=0)
+    assert (np.abs(t32[np.abs(xs) >= 9]) >= np.float32(1 - 3e-7)).all() and (np.abs(t32) <= 1).all()
+    np.testing.assert_array_equal(t32, -run(-xs.astype(np.float32))[0])
+    t64, s64 = run(xs)
+    np.testing.assert_allclose(t64, exact_t, atol=1e-15, rtol=0)
+    np.testing.assert_allclose(s64, exact_s, atol=1e-15, rtol=0)
