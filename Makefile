@@ -42,7 +42,7 @@ checkpoints: $(STAMP)
 	$(BIN)/contextbot train --out checkpoints/gru.safetensors --steps 6000 --resume
 	$(BIN)/contextbot train --out checkpoints/gru.safetensors --steps 8000 --resume
 	$(BIN)/contextbot train --out checkpoints/gru.safetensors --steps 10000 --resume
-	$(BIN)/contextbot train --cell lstm --steps $(LSTM_STEPS) --minutes 15 --chrono-fraction 0.5 --out checkpoints/lstm.safetensors
+	$(BIN)/contextbot train --cell lstm --steps $(LSTM_STEPS) --minutes 15 --out checkpoints/lstm.safetensors
 	$(BIN)/contextbot train --cell rnn --steps $(RNN_STEPS) --minutes 15 --out checkpoints/rnn.safetensors
 
 # README's table "How well it remembers": eval over the three shipped checkpoints.
