@@ -41,7 +41,7 @@ import torch
 from numba import njit
 from torch.autograd.function import once_differentiable
 
-from .kernels import JIT, sigmoid, tanh
+from .kernels import JIT, ONE, sigmoid, tanh
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -76,10 +76,10 @@ def _gru_backward(dh, d_out, act, un, prev, d_gates, d_n, carry):
         for b in range(batch):
             d = dh[u, b] + d_out[u, b]
             r, z, n = act[u, b], act[hid + u, b], act[2 * hid + u, b]
-            dn = d * (1 - z) * (1 - n * n)  # through h = (1 − z) n + z h_{t−1}, n = tanh(·)
+            dn = d * (ONE - z) * (ONE - n * n)  # through h = (1 − z) n + z h_{t−1}, n = tanh(·)
             d_n[u, b] = dn
-            d_gates[u, b] = dn * un[u, b] * r * (1 - r)  # r sits in n's r ⊙ (U_n h + b_hn)
-            d_gates[hid + u, b] = d * (prev[u, b] - n) * z * (1 - z)
+            d_gates[u, b] = dn * un[u, b] * r * (ONE - r)  # r sits in n's r ⊙ (U_n h + b_hn)
+            d_gates[hid + u, b] = d * (prev[u, b] - n) * z * (ONE - z)
             d_gates[2 * hid + u, b] = dn * r
             carry[u, b] = d * z
 
@@ -112,11 +112,11 @@ def _lstm_backward(dh, d_out, dc, act, c_prev, tc, d_gates):
             d = dh[u, b] + d_out[u, b]
             i, f, g, o = act[u, b], act[hid + u, b], act[2 * hid + u, b], act[3 * hid + u, b]
             t = tc[u, b]
-            dcc = dc[u, b] + d * o * (1 - t * t)  # h = o tanh(c) adds to c's gradient
-            d_gates[u, b] = dcc * g * i * (1 - i)
-            d_gates[hid + u, b] = dcc * c_prev[u, b] * f * (1 - f)
-            d_gates[2 * hid + u, b] = dcc * i * (1 - g * g)
-            d_gates[3 * hid + u, b] = d * t * o * (1 - o)
+            dcc = dc[u, b] + d * o * (ONE - t * t)  # h = o tanh(c) adds to c's gradient
+            d_gates[u, b] = dcc * g * i * (ONE - i)
+            d_gates[hid + u, b] = dcc * c_prev[u, b] * f * (ONE - f)
+            d_gates[2 * hid + u, b] = dcc * i * (ONE - g * g)
+            d_gates[3 * hid + u, b] = d * t * o * (ONE - o)
             dc[u, b] = dcc * f
 
 
@@ -135,7 +135,7 @@ def _rnn_backward(dh, d_out, h, d_gates):
     hid, batch = dh.shape
     for u in range(hid):
         for b in range(batch):
-            d_gates[u, b] = (dh[u, b] + d_out[u, b]) * (1 - h[u, b] * h[u, b])
+            d_gates[u, b] = (dh[u, b] + d_out[u, b]) * (ONE - h[u, b] * h[u, b])
 
 
 class Scan(torch.autograd.Function):
@@ -182,7 +182,7 @@ class Scan(torch.autograd.Function):
         ctx.cell, ctx.resets = cell, resets
         ctx.save_for_backward(acts, extra, out, h0, c0, w_hh, keep)
         if cell == "lstm":
-            return out, c.t().contiguous()
+            return out, c.t().clone(memory_format=torch.contiguous_format)  # never a view of `extra`
         nothing = gi.new_zeros(0)
         ctx.mark_non_differentiable(nothing)
         return out, nothing

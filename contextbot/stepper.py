@@ -15,8 +15,8 @@ call into Python or PyTorch between the characters of a question. Three more sav
   W_ih · embedding[token] + b_ih is precomputed for every token once: a (vocab, gates × hidden)
   table. A step starts with one row of it instead of an embedding call and a matrix product.
 - **σ and tanh that vectorise.** `tanh` from the C library is one call per element, and a call
-  cannot be vectorised; kernels.py's `tanh` is a rational approximation exact to float32's own
-  rounding, so the compiler runs 8 units at a time through a gate.
+  cannot be vectorised; kernels.py's `tanh` is a rational approximation within 3e-7, so the
+  compiler runs 8 units of a gate at a time.
 - **no output layer while reading.** The question's characters need the state, not a
   prediction, so `feed` computes the vocabulary projection only after the last character.
 
@@ -26,8 +26,9 @@ a few. The result equals `nn.GRU` / `nn.LSTM` / `nn.RNN` up to float rounding
 (tests/test_stepper.py checks 1e-5). The model stays stateless: the caller passes the state in
 and gets a new one; the one passed in is never written to. Weights must live on the CPU (a
 checkpoint loads there). Building a `Stepper` compiles the loops for its weights' dtype (a few
-seconds, once: Numba caches the machine code beside this file, or in the user's cache folder;
-`make setup` does it at install).
+seconds, once: Numba caches the machine code in the user's cache folder, see kernels.py; `make
+setup` does it at install). A token outside the vocabulary raises IndexError, as nn.Embedding
+does (the loop itself does not check bounds).
 """
 
 from __future__ import annotations
@@ -57,11 +58,15 @@ def _matvec(w, x, b, out):
 @njit(**JIT)
 def _run(cell, tokens, table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, gh, logits):
     """Feed `tokens` one after another, updating h and c, (layers, hidden), in place; then the
-    logits after the last one (the output layer runs once, not once per token).
+    logits after the last one (the output layer runs once, not once per token). Returns False,
+    having done nothing, if a token is outside the table.
 
     Layer k > 0 reads the new h of layer k − 1 (w_ih[k − 1], b_ih[k − 1]); layer 0 reads its
     row of `table`. gi and gh are scratch vectors of gates × hidden."""
     layers, n = h.shape
+    for t in range(tokens.shape[0]):
+        if not 0 <= tokens[t] < table.shape[0]:
+            return False  # the caller raises; nothing has been read out of bounds
     for t in range(tokens.shape[0]):
         for k in range(layers):
             if k == 0:
@@ -87,6 +92,7 @@ def _run(cell, tokens, table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, 
                 for u in range(n):
                     h[k, u] = tanh(gi[u] + gh[u])
     _matvec(head_w, h[layers - 1], head_b, logits)
+    return True
 
 
 class Stepper:
@@ -123,11 +129,12 @@ class Stepper:
         """Feed several tokens, one after another: (logits after the last one, the new state).
         Like `step` repeated, without computing the logits that nobody reads."""
         lstm = self.cell == "lstm"
-        h = (state[0] if lstm else state).numpy()[:, 0].copy()  # (layers, hidden), a new array
-        c = state[1].numpy()[:, 0].copy() if lstm else h[:0]
+        h = (state[0] if lstm else state).detach().numpy()[:, 0].copy()  # (layers, hidden), a new array
+        c = state[1].detach().numpy()[:, 0].copy() if lstm else h[:0]
         logits = np.empty(self.head_w.shape[0], self.dtype)
         gi, gh = np.empty((2, self.table.shape[1]), self.dtype)  # scratch: per call, so thread-safe
-        _run(_CELLS[self.cell], np.array(tokens, dtype=np.int64), self.table, self.w_ih, self.b_ih,
-             self.w_hh, self.b_hh, self.head_w, self.head_b, h, c, gi, gh, logits)
+        if not _run(_CELLS[self.cell], np.array(tokens, dtype=np.int64), self.table, self.w_ih,
+                    self.b_ih, self.w_hh, self.b_hh, self.head_w, self.head_b, h, c, gi, gh, logits):
+            raise IndexError(f"token out of range for a vocabulary of {len(self.table)}")  # as nn.Embedding
         new_h = torch.from_numpy(h[:, None])  # (layers, 1, hidden), as the module returns it
         return torch.from_numpy(logits), (new_h, torch.from_numpy(c[:, None])) if lstm else new_h
