@@ -1,8 +1,9 @@
 """The fast generation step (contextbot.stepper) against PyTorch's own modules.
 
-A chat turn is fed and generated with `Stepper` (compiled with Numba), not with `nn.GRU`; it is only allowed to
-be faster, never different. So over a run of characters from a non-zero state, its logits and
-state must equal the module's to 1e-5, for every cell, with one layer and with several.
+A chat turn is fed and generated with `Stepper` (compiled with Numba), not with `nn.GRU`; it is
+only allowed to be faster, never different. So over a run of characters from a non-zero state,
+its logits and state must equal the module's to 1e-5, for every cell, with one layer and with
+several.
 """
 
 import pytest
