@@ -71,13 +71,11 @@ JIT = dict(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 # Eigen's coefficients as float32 constants: a Python float literal in the loop would turn float32
 # arithmetic into float64 (half as many vector lanes).
 _CLAMP = np.float32(7.90531110763549805)  # beyond ±7.9 the approximation is flat at ±(1 − 2.4e-7)
-_P = tuple(np.float32(a) for a in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
-                                   5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
-                                   4.89352455891786e-03))
-_Q = tuple(np.float32(b) for b in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
-                                   4.89352518554385e-03))
-P0, P1, P2, P3, P4, P5, P6 = _P
-Q0, Q1, Q2, Q3 = _Q
+P0, P1, P2, P3, P4, P5, P6 = (np.float32(a) for a in (
+    -2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
+    1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03))
+Q0, Q1, Q2, Q3 = (np.float32(b) for b in (
+    1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03))
 _HALF = np.float32(0.5)
 ONE = np.float32(1.0)  # for `1 - z` in float32 kernels: the literal 1 would make it float64
 _INLINED = dict(fastmath=FASTMATH, error_model="numpy")
