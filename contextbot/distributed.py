@@ -121,23 +121,33 @@ class World:
         so that their streams are not dropped out with the same masks as rank 0's.
         """
         saved = saved or {}
-        rows = saved.get("rng_ranks")
+        # On a GPU, dropout draws from the device's own generator, so a checkpoint carries that
+        # state too (`rng_cuda`): without it a resumed run on a GPU drew other dropout masks than
+        # the uninterrupted one (tests/test_train.py caught it on an H100). A checkpoint written
+        # on one kind of device and resumed on the other continues the CPU stream only.
+        rows, cuda_rows = saved.get("rng_ranks"), saved.get("rng_cuda_ranks")
         # clone(): torch.set_rng_state crashes (SIGSEGV, torch 2.13) on a view that does not
         # start at the beginning of its storage, such as a row of rng_ranks.
         if rows is not None and rows.shape[0] == self.size:
             torch.set_rng_state(rows[self.rank].clone())
+            if self.device.type == "cuda" and cuda_rows is not None and cuda_rows.shape[0] == self.size:
+                torch.cuda.set_rng_state(cuda_rows[self.rank].clone(), self.device)
             return
         if "rng" in saved:  # a single-process checkpoint, or one from another number of ranks
             torch.set_rng_state(saved["rng"].clone())
+            if self.device.type == "cuda" and "rng_cuda" in saved:
+                torch.cuda.set_rng_state(saved["rng_cuda"].clone(), self.device)
         if self.rank > 0:
             torch.manual_seed(seed + 1_000_003 * self.rank)
 
     def gather_rng(self) -> dict[str, torch.Tensor]:
         """The random state(s) a checkpoint needs (a collective): rank 0's as `rng`, all as `rng_ranks`."""
-        rng = torch.get_rng_state()
-        if not self.active:
-            return {"rng": rng}
-        return {"rng": rng, "rng_ranks": self.gather(rng.unsqueeze(0), dim=0)}  # (size, state bytes)
+        out = {"rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            out["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.active:  # every rank's, as rows of (size, state bytes)
+            out |= {f"{k}_ranks": self.gather(v.unsqueeze(0), dim=0) for k, v in list(out.items())}
+        return out
 
     # -- talking to the other ranks ----------------------------------------------------------
 
