@@ -249,6 +249,9 @@ def _check_training_state(out: Path, t: dict[str, torch.Tensor], model: Recurren
             want, dtype = tuple(torch.get_rng_state().shape), torch.uint8
         elif key == "rng_cuda":  # a CUDA generator's state: its seed and offset, 8 bytes each
             want, dtype = (16,), torch.uint8
+        elif key in ("rng_ranks", "rng_cuda_ranks"):  # one row a rank (distributed.py)
+            row = tuple(torch.get_rng_state().shape) if key == "rng_ranks" else (16,)
+            want, dtype = (v.shape[0] if v.dim() == 2 else -1, *row), torch.uint8
         if want is not None and (tuple(v.shape) != want or (dtype is not None and v.dtype != dtype)
                                  or (v.is_floating_point() and not torch.isfinite(v).all())):
             raise ContextbotError(f"{out}: the training state is damaged ({key} has shape "

@@ -220,6 +220,8 @@ def test_a_damaged_training_state_is_one_line_for_resume(tiny_corpus, tmp_path, 
     cases = {
         "rng-as-floats": dict(tensors=tensors | {"train.rng": tensors["train.rng"].float()}),
         "rng-cut-short": dict(tensors=tensors | {"train.rng": tensors["train.rng"][:10].clone()}),
+        "rng-rows-cut-short": dict(tensors=tensors | {"train.rng_ranks": torch.zeros(1, 7, dtype=torch.uint8)}),
+        "cuda-rng-cut-short": dict(tensors=tensors | {"train.rng_cuda": torch.zeros(5, dtype=torch.uint8)}),
         "state-of-another-shape": dict(tensors=tensors | {"train.state_h": torch.zeros(1, 7, 3)}),
         "adam-of-another-shape": dict(tensors=tensors | {adam: torch.zeros(3)}),
         "adam-nan": dict(tensors=tensors | {adam: torch.full_like(tensors[adam], float("nan"))}),
