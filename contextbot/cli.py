@@ -134,11 +134,15 @@ def cmd_ask(args) -> int:
             except EOFError:
                 print()
                 return 0
-        else:
-            q = sys.stdin.readline()
-            if not q:
-                return 0
-        reply(q.rstrip("\n"))
+            try:
+                reply(q)
+            except ContextbotError as exc:  # at the prompt, a bad question must not end the conversation
+                print(f"contextbot: error: {exc}", file=sys.stderr)
+            continue
+        q = sys.stdin.readline()
+        if not q:
+            return 0
+        reply(q.rstrip("\n"))  # a script's bad line stops it: exit 2, like any other bad input
 
 
 def cmd_chat(args) -> int:

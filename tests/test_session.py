@@ -104,3 +104,30 @@ def test_cli_ask_arguments_and_stdin(shipped_gru):
     r = subprocess.run([sys.executable, "-m", "contextbot", "ask", "--no-carry", *args],
                        capture_output=True, text=True)
     assert r.stdout.splitlines()[1] != "He lives in Beverly Hills."
+
+
+def test_interactive_ask_refuses_a_bad_question_and_goes_on(tiny_checkpoint, monkeypatch, capsys):
+    """At the `you>` prompt a too-long question is one error line, and the conversation goes on
+    with its state (piped input still stops with exit 2, tested with the other hostile input)."""
+    from contextbot import session as session_module
+    from contextbot.cli import main
+
+    typed = iter(["Hi", "x" * (session_module.MAX_QUESTION + 1), "Hi"])
+
+    def fake_input(prompt):
+        try:
+            return next(typed)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", fake_input)
+    asked = []
+    real_ask = session_module.ChatSession.ask
+    monkeypatch.setattr(session_module.ChatSession, "ask",
+                        lambda self, q: asked.append((q, self.chars_seen)) or real_ask(self, q))
+    assert main(["ask", "--checkpoint", str(tiny_checkpoint)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("contextbot: error: question is too long"), err
+    assert [q[:2] for q, _ in asked] == ["Hi", "xx", "Hi"]
+    assert asked[2][1] == asked[1][1] > 0  # the same session: the refusal left its state as it was
