@@ -36,7 +36,7 @@ def build_parser() -> Parser:
     t.add_argument("--chrono-fraction", type=float, help="share of units given chrono initialisation (default 1; LSTM 0.5)")
     t.add_argument("--chrono-spread", choices=["log", "uniform"], help="memory times log-uniform over octaves (default) or uniform as in the paper")
     t.add_argument("--answer-weight", type=float, help="loss weight of answer characters (default 3)")
-    t.add_argument("--referent-weight", type=float, help="weight of the auxiliary loss: who 'he' and 'she' mean, read off the state (default 2; LSTM and RNN 1; 0 = off)")
+    t.add_argument("--referent-weight", type=float, help="weight of the auxiliary loss: who 'he' and 'she' mean, read off the state (default 1; 0 = off)")
     t.add_argument("--facts", help="facts file that names the people for --referent-weight (default: facts.json beside --corpus)")
     t.add_argument("--steps", type=int, help="stop after this many steps (default 4000)")
     t.add_argument("--minutes", type=float, help="stop after this many minutes, whichever comes first")

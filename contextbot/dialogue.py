@@ -93,14 +93,9 @@ def unknown_name(rng: random.Random, known: list[Entity]) -> str:
             return name
 
 
-def add_noise(text: str, rng: random.Random, shout: float = 0.0) -> str:
-    """Case and punctuation noise as people type it: 'who is tom cruise', 'WHERE DOES SHE LIVE'.
-
-    `shout` is an extra share of all-capitals on top of the one in seven that the other kinds of
-    noise leave them: capitals change every letter of a question, so a model that sees too few of
-    them reads 'HOW OLD IS SHE' as a different question (measured: note in `training_conversation`).
-    """
-    choice = 1 if shout and rng.random() < shout else rng.randrange(7)
+def add_noise(text: str, rng: random.Random) -> str:
+    """Case and punctuation noise as people type it: 'who is tom cruise', 'WHERE DOES SHE LIVE'."""
+    choice = rng.randrange(7)
     if choice == 0:
         text = text.lower()
     elif choice == 1:
@@ -138,13 +133,12 @@ class Talk:
     entities: list[Entity]
     questions: dict = field(default_factory=lambda: TRAIN_QUESTIONS)
     noise: float = 0.0
-    shout: float = 0.0  # extra share of all-capitals among the noisy questions (see add_noise)
     turns: list[Turn] = field(default_factory=list)
     slots: dict = field(default_factory=lambda: {"he": None, "she": None})
     in_play: list[Entity] = field(default_factory=list)
 
     def _q(self, text: str) -> str:
-        return add_noise(text, self.rng, self.shout) if self.rng.random() < self.noise else text
+        return add_noise(text, self.rng) if self.rng.random() < self.noise else text
 
     def _add(self, turn: Turn) -> Turn:
         self.turns.append(turn)
@@ -209,16 +203,10 @@ class Talk:
         return tuple(sorted(x for x in others if x not in mine and mine not in x))
 
 
-def training_conversation(rng: random.Random, entities: list[Entity], noise: float = 0.35,
-                          shout: float = 0.3) -> list[Turn]:
+def training_conversation(rng: random.Random, entities: list[Entity], noise: float = 0.2) -> list[Turn]:
     """One conversation of the training corpus: people introduced, small talk (0 to 3 turns in a
-    row), questions about whoever "he" and "she" mean, unknown names and switches.
-
-    Noise falls on 35% of questions, 30% of those all in capitals (it was 20%, capitals one in
-    seven of those): with the Makefile's GRU recipe the eval's noise category went from 95-96.5% to
-    99-100% in four runs (README, "Recipe probes"); most misses had been questions in capitals.
-    """
-    talk = Talk(rng, entities, noise=noise, shout=shout)
+    row), questions about whoever "he" and "she" mean, unknown names and switches."""
+    talk = Talk(rng, entities, noise=noise)
     if rng.random() < 0.3:
         talk.small_talk()
     if rng.random() < 0.2:

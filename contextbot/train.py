@@ -60,7 +60,7 @@ class TrainOptions:
     weight_decay: float = 0.0
     clip: float = 1.0
     answer_weight: float = 3.0
-    referent_weight: float = 2.0  # the auxiliary "who is he / she" loss (referents.py); 0 = off
+    referent_weight: float = 1.0  # the auxiliary "who is he / she" loss (referents.py); 0 = off
     facts: str | None = None  # the people that loss knows; None: facts.json beside the corpus
     chrono_tmax: float = 400.0
     chrono_fraction: float = 1.0
@@ -457,11 +457,8 @@ def train(o: TrainOptions, console: Console | None = None,
 
 # Where a cell learns best with other settings than the GRU's defaults (README, "Three cells"):
 # the LSTM's language model learns slowly at the GRU's 3e-3 with chrono on every unit (0.86 bits
-# per character at step 500, against 0.50 with these; measured with one thread, seed 0). The
-# referent loss's weight 2 was measured on the GRU only (README, "Recipe probes"); the other
-# cells keep the weight 1 their checkpoints were measured with.
-CELL_DEFAULTS = {"lstm": {"lr": 1e-2, "chrono_fraction": 0.5, "referent_weight": 1.0},
-                 "rnn": {"referent_weight": 1.0}}
+# per character at step 500, against 0.50 with these; measured with one thread, seed 0).
+CELL_DEFAULTS = {"lstm": {"lr": 1e-2, "chrono_fraction": 0.5}}
 
 
 def options_from_args(args) -> TrainOptions:

@@ -170,20 +170,17 @@ def test_whole_conversation_batches_cover_every_conversation_once_an_epoch():
     assert sum(pads) / len(pads) < 0.25
 
 
-def test_each_cell_gets_its_own_recipe_unless_told_otherwise():
-    """`contextbot train --cell lstm` starts from the LSTM's measured recipe (CELL_DEFAULTS), the
-    LSTM and RNN keep the referent weight they were measured with; a flag given on the command
-    line still wins, and the GRU keeps the plain defaults."""
+def test_an_lstm_gets_its_own_recipe_unless_told_otherwise():
+    """`contextbot train --cell lstm` starts from the LSTM's measured recipe (CELL_DEFAULTS);
+    a flag given on the command line still wins, and the GRU keeps the plain defaults."""
     from contextbot.cli import build_parser
     from contextbot.train import options_from_args
 
     def options(*argv):
         return options_from_args(build_parser().parse_args(["train", "--out", "x.safetensors", *argv]))
 
-    lstm, gru, rnn = options("--cell", "lstm"), options(), options("--cell", "rnn")
-    assert (lstm.lr, lstm.chrono_fraction, lstm.referent_weight) == (1e-2, 0.5, 1.0)
-    assert (gru.lr, gru.chrono_fraction, gru.referent_weight) == (
-        TrainOptions.lr, TrainOptions.chrono_fraction, TrainOptions.referent_weight) == (3e-3, 1.0, 2.0)
-    assert (rnn.lr, rnn.referent_weight) == (3e-3, 1.0)
-    mine = options("--cell", "lstm", "--lr", "2e-3", "--chrono-fraction", "1", "--referent-weight", "2")
-    assert (mine.lr, mine.chrono_fraction, mine.referent_weight) == (2e-3, 1.0, 2.0)
+    lstm, gru = options("--cell", "lstm"), options()
+    assert (lstm.lr, lstm.chrono_fraction) == (1e-2, 0.5)
+    assert (gru.lr, gru.chrono_fraction) == (TrainOptions.lr, TrainOptions.chrono_fraction) == (3e-3, 1.0)
+    mine = options("--cell", "lstm", "--lr", "2e-3", "--chrono-fraction", "1")
+    assert (mine.lr, mine.chrono_fraction) == (2e-3, 1.0)
