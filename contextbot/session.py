@@ -216,8 +216,11 @@ class BatchSession:
                 done |= torch.isin(nxt, line_ends)
                 if bool(done.all()):
                     break
-                for i in torch.nonzero(~done).flatten().tolist():
-                    generated[i].append(int(nxt[i]))
+                # One copy to the host per step: int(nxt[i]) for each conversation was a device
+                # sync each on a GPU (six evals there did not finish in six minutes).
+                for i, (token, finished) in enumerate(zip(nxt.tolist(), done.tolist())):
+                    if not finished:
+                        generated[i].append(token)
                 step_logits, new = _call(model, nxt.view(-1, 1), sub)
                 sub = _blend(new, sub, ~done)
                 logits = step_logits[:, -1]
