@@ -137,12 +137,12 @@ def cmd_ask(args) -> int:
             try:
                 reply(q)
             except ContextbotError as exc:  # at the prompt, a bad question must not end the conversation
-                print(f"contextbot: error: {exc}", file=sys.stderr)
-            continue
-        q = sys.stdin.readline()
-        if not q:
-            return 0
-        reply(q.rstrip("\n"))  # a script's bad line stops it: exit 2, like any other bad input
+                print_error(exc)
+        else:
+            q = sys.stdin.readline()
+            if not q:
+                return 0
+            reply(q.rstrip("\n"))  # a script's bad line stops it: exit 2, like any other bad input
 
 
 def cmd_chat(args) -> int:
@@ -198,6 +198,11 @@ def cmd_inspect(args) -> int:
     return run(args)
 
 
+def print_error(exc: ContextbotError) -> None:
+    """The one-line form every user error takes on stderr."""
+    print(f"contextbot: error: {exc}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -208,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"train": cmd_train, "ask": cmd_ask, "eval": cmd_eval,
                 "corpus": cmd_corpus, "chat": cmd_chat, "inspect": cmd_inspect}[args.command](args)
     except ContextbotError as exc:
-        print(f"contextbot: error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     except KeyboardInterrupt:
         print(file=sys.stderr)

@@ -48,6 +48,10 @@ from .model import State
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
+# A CUDA generator's state as torch.cuda.get_rng_state() returns it: seed and offset, 8 bytes each.
+CUDA_RNG_SHAPE = (16,)
+
+
 @dataclass(frozen=True)
 class World:
     """Who this process is in the job. The default is a single process on its own."""

@@ -245,13 +245,10 @@ def _check_training_state(out: Path, t: dict[str, torch.Tensor], model: Recurren
             want = () if name == "step" else tuple(params[int(i)].shape)
         elif key in ("state_h", "state_c"):
             want = (c.layers, batch, c.hidden)
-        elif key == "rng":
-            want, dtype = tuple(torch.get_rng_state().shape), torch.uint8
-        elif key == "rng_cuda":  # a CUDA generator's state: its seed and offset, 8 bytes each
-            want, dtype = (16,), torch.uint8
-        elif key in ("rng_ranks", "rng_cuda_ranks"):  # one row a rank (distributed.py)
-            row = tuple(torch.get_rng_state().shape) if key == "rng_ranks" else (16,)
-            want, dtype = (v.shape[0] if v.dim() == 2 else -1, *row), torch.uint8
+        elif key in ("rng", "rng_cuda", "rng_ranks", "rng_cuda_ranks"):  # see World.gather_rng
+            row = distributed.CUDA_RNG_SHAPE if "cuda" in key else tuple(torch.get_rng_state().shape)
+            ranks = key.endswith("_ranks")  # one row a rank
+            want, dtype = ((v.shape[0] if v.dim() == 2 else -1, *row) if ranks else row), torch.uint8
         if want is not None and (tuple(v.shape) != want or (dtype is not None and v.dtype != dtype)
                                  or (v.is_floating_point() and not torch.isfinite(v).all())):
             raise ContextbotError(f"{out}: the training state is damaged ({key} has shape "
