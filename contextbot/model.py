@@ -27,6 +27,7 @@ every unit made the model slow to learn spelling, because nearly every unit bare
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -161,7 +162,7 @@ class RecurrentLM(nn.Module):
             keep = None
         if keep is None:
             x = self.drop(self.embedding(tokens))  # (batch, seq, embed)
-            out, state = self.rnn(x, state)  # (batch, seq, hidden)
+            out, state = self._recur(x, state)  # (batch, seq, hidden)
         elif tokens.device.type == "cpu":
             out, state = self._scan(tokens, state, keep)
         else:
@@ -220,9 +221,41 @@ class RecurrentLM(nn.Module):
         bounds = [0, *starts, tokens.shape[1]]
         outs = []
         for a, b in zip(bounds, bounds[1:]):
-            out, state = self.rnn(x[:, a:b], mask_state(state, keep[:, a]))
+            out, state = self._recur(x[:, a:b], mask_state(state, keep[:, a]))
             outs.append(out)
         return torch.cat(outs, 1), state
+
+    def _recur(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        """PyTorch's recurrent kernel over x (batch, seq, embed), except where cuDNN would apply
+        the dropout between stacked layers itself: cuDNN draws that dropout from a random state of
+        its own, which no checkpoint can save, so `--resume` could not continue a run exactly.
+        There (training a stacked model with dropout off the CPU) the layers run one call each,
+        with F.dropout between them, drawing from PyTorch's generator, which checkpoints save."""
+        c = self.config
+        if not self._drops_between_layers(x):
+            return self.rnn(x, state)
+        if state is None:
+            state = self.zero_state(x.shape[0], x.device)
+        kernel = {"gru": torch._VF.gru, "lstm": torch._VF.lstm, "rnn": torch._VF.rnn_tanh}[c.cell]
+        last = []
+        for layer in range(c.layers):
+            if layer:
+                x = self.rnn_dropout(x)
+            weights = [getattr(self.rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            hx = tuple(s[layer:layer + 1] for s in state) if c.cell == "lstm" else state[layer:layer + 1]
+            with warnings.catch_warnings():  # one layer's weights are not the module's flat buffer
+                warnings.simplefilter("ignore", UserWarning)
+                # (input, hx, weights, has_biases, layers, dropout, train, bidirectional, batch_first)
+                x, *new = kernel(x, hx, weights, True, 1, 0.0, True, False, True)
+            last.append(new)
+        if c.cell == "lstm":
+            return x, (torch.cat([h for h, _ in last]), torch.cat([cc for _, cc in last]))
+        return x, torch.cat([h for h, in last])
+
+    def _drops_between_layers(self, x: torch.Tensor) -> bool:
+        """Whether nn.RNN would apply dropout between layers through cuDNN here (see _recur)."""
+        c = self.config
+        return self.training and c.dropout > 0 and c.layers > 1 and x.device.type != "cpu"
 
     def input_table(self) -> torch.Tensor:
         """Layer 0's input projection of every token, (vocab, gates·hidden): W_ih e + b_ih for each

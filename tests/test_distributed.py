@@ -41,8 +41,10 @@ def _launcher() -> list[str]:
 
 
 def _torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc_per_node N -m contextbot train ...`, one thread a process."""
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    """`torchrun --standalone --nproc_per_node N -m contextbot train ...`, one thread a process,
+    on the CPU (gloo) even where a GPU is present: these tests are about the processes agreeing,
+    and a one-GPU machine refuses a second process per GPU (test_a_rank_without_a_gpu_of_its_own_is_refused)."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([*_launcher(), "--standalone", "--nproc_per_node", str(nproc),
                            "-m", "contextbot", "train", *args],
                           capture_output=True, text=True, env=env, timeout=TIMEOUT)
@@ -140,6 +142,20 @@ def test_detect_without_torchrun_is_one_process(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ContextbotError, match="torchrun"):
         distributed.detect()
+
+
+def test_a_rank_without_a_gpu_of_its_own_is_refused(monkeypatch):
+    """Two processes on a one-GPU machine: the second one says so at once, in one line."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    for v in distributed.TORCHRUN_VARS:
+        monkeypatch.setenv(v, env.get(v, "0"))
+    with pytest.raises(ContextbotError, match="local rank 1 has no GPU of its own .this machine has 1"):
+        distributed.detect()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert distributed.detect().device == torch.device("cuda", 0)
 
 
 # -- two processes under torchrun -----------------------------------------------------------------

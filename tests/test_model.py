@@ -96,3 +96,27 @@ def test_chrono_initialisation_sets_memory_time_biases(tiny_tokenizer):
     assert f_bias[:50].mean() > 3  # the paper's spread: most units remember for > 20 steps
     torch.testing.assert_close(i_bias[:50], -f_bias[:50])  # input gate = -forget gate
     assert torch.all(f_bias[50:] == 0)  # the rest keep a near-zero bias and start fast
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+def test_layer_by_layer_path_computes_what_the_stacked_kernel_does(cell, monkeypatch):
+    """Training a stacked model with dropout on a GPU runs the layers one call each, so that the
+    dropout between them comes from PyTorch's generator (which --resume restores) and not from
+    cuDNN's. Forced here on the CPU, with the dropout itself switched off: same outputs, same
+    state, and gradients still reach every layer."""
+    torch.manual_seed(0)
+    model = RecurrentLM(ModelConfig(vocab_size=11, cell=cell, embed=6, hidden=8, layers=3, dropout=0.4))
+    model.train()
+    monkeypatch.setattr(model, "_drops_between_layers", lambda x: True)
+    monkeypatch.setattr(model, "rnn_dropout", lambda x: x)
+    model.rnn.dropout = 0.0
+    x = torch.randn(2, 5, 6)
+    h = torch.randn(3, 2, 8)
+    state = (h, torch.randn(3, 2, 8)) if cell == "lstm" else h
+    out, new = model._recur(x, state)
+    ref_out, ref_new = model.rnn(x, state)
+    torch.testing.assert_close(out, ref_out)
+    for a, b in zip(new if cell == "lstm" else (new,), ref_new if cell == "lstm" else (ref_new,)):
+        torch.testing.assert_close(a, b)
+    out.sum().backward()
+    assert all(getattr(model.rnn, f"weight_hh_l{k}").grad.abs().sum() > 0 for k in range(3))
