@@ -62,8 +62,8 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
         out += [
             ("chat: reply, median / p95", f"{lat['median_ms']:.2f} / {lat['p95_ms']:.2f} ms", "≤ 1 ms median"),
             ("chat: first character (median)", f"{lat['first_char_median_ms']:.2f} ms", ""),
-            ("chat: generation", f"{lat['chars_per_sec']:,.0f} chars/s "
-                                 f"({lat['ms_per_generated_char']:.3f} ms/char)", ""),
+            ("chat: reply characters per second; time per character read or written",
+             f"{lat['chars_per_sec']:,.0f} chars/s; {lat['ms_per_step'] * 1e3:.1f} µs/char", ""),
         ]
         for t in c["turns"]:
             out.append((f"chat: turn {t['turn']} carried / re-fed ({t['history_chars']:,} chars back)",

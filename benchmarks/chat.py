@@ -31,12 +31,18 @@ def _quantile(xs: list[float], q: float) -> float:
 
 
 def latency(session: ChatSession, turns: int) -> dict:
-    """Median and 95th percentile of one turn, time to the first character, characters/s."""
+    """Median and 95th percentile of one turn, time to the first character, and throughput: reply
+    characters per second of turn, and the time per character the turn read or wrote (its prompt,
+    `Q: ...` and `A: `, its reply and the closing newline: every one is a step of the recurrence).
+
+    A greedy turn computes its whole reply in one compiled call before the first character is
+    handed out (stepper.py, `Stepper.answer`), so the first character comes when the reply is done.
+    """
     session.reset()
     for q in TYPICAL:  # warm-up
         session.ask(q)
     session.reset()
-    whole, first, chars, gen_time = [], [], 0, 0.0
+    whole, first, chars, steps = [], [], 0, 0
     for t in range(turns):
         q = TYPICAL[t % len(TYPICAL)]
         start = time.perf_counter()
@@ -48,13 +54,13 @@ def latency(session: ChatSession, turns: int) -> dict:
             n += 1
         whole.append(time.perf_counter() - start)
         chars += n
-        gen_time += whole[-1] - (first[-1] if n else whole[-1])
+        steps += len(prompt(q)) + n + 1
     return {"turns": turns, "median_ms": statistics.median(whole) * 1e3,
             "p95_ms": _quantile(whole, 0.95) * 1e3,
             "first_char_median_ms": statistics.median(first) * 1e3,
             "reply_chars_mean": chars / turns,
             "chars_per_sec": chars / sum(whole),
-            "ms_per_generated_char": gen_time / max(1, chars - len(first)) * 1e3}
+            "ms_per_step": sum(whole) / steps * 1e3}
 
 
 @torch.inference_mode()

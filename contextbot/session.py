@@ -11,8 +11,9 @@ This is the API every tool uses (the CLI, the terminal UI, the evaluation, the i
 
 A turn feeds `Q: {text}\\nA: ` on top of the carried state, then generates one token at a time
 until the end of the line, and feeds that newline too, so the bot's own reply becomes part of what
-it remembers. Both go through `Stepper`, the recurrence written out for one conversation. The
-model itself is stateless; the session owns the state.
+it remembers. Both go through `Stepper`, the recurrence written out for one conversation; a greedy
+turn (temperature 0, the default) runs all of it in one compiled call, then streams the reply.
+The model itself is stateless; the session owns the state.
 """
 
 from __future__ import annotations
@@ -131,6 +132,39 @@ class ChatSession:
         # decorator would re-enter the mode at every yield, ~10 µs per character.
         if not self.carry:
             self.reset()
+        yield from (self._greedy(question) if self.temperature <= 0 else self._sampled(question))
+
+    def _greedy(self, question: str) -> Iterator[StreamStep]:
+        """A greedy turn: the whole reply is computed in one compiled call (Stepper.answer),
+        then streamed. The state advances with each token handed out, so a reader that stops
+        part-way leaves the state after what it was shown, then the newline, as `_sampled` does."""
+        tok = self.tokenizer
+        answer = self._stepper.answer(tok.encode(prompt(question)), self.state, MAX_REPLY,
+                                      tok.line_end_ids, tok.newline_id)
+        self.state = answer.state(-1)
+        self.chars_seen += len(question) + 7
+        decoder = tok.decoder()
+        finished = False
+        try:
+            for i, nxt in enumerate(answer.tokens):
+                self._last = (self.state, nxt)
+                self.state = answer.state(i)
+                text_piece = decoder.push(nxt)
+                self.chars_seen += len(text_piece)
+                norms = answer.norms(i)
+                for ch in text_piece:
+                    yield StreamStep(ch, norms)
+            for ch in decoder.flush():
+                yield StreamStep(ch, layer_norms(self.state))
+            finished = True
+        finally:
+            # The reply's newline is part of the conversation, as it was in training. Answer
+            # has fed it already after the whole reply; a reader that stopped early needs it now.
+            self.state = answer.after_turn if finished else self._stepper.step(tok.newline_id, self.state)[1]
+            self.chars_seen += 1
+
+    def _sampled(self, question: str) -> Iterator[StreamStep]:
+        """A sampled turn (temperature > 0), one step per token: the sampler is Python's."""
         tok = self.tokenizer
         logits, self.state = self._stepper.feed(tok.encode(prompt(question)), self.state)
         self.chars_seen += len(question) + 7
@@ -162,10 +196,7 @@ class ChatSession:
         return gates.step(self.model, self._last[1], self._last[0])
 
     def _pick(self, logits: torch.Tensor) -> int:
-        """Greedy at temperature 0; otherwise sample (optionally from the top k) with the
-        session's seeded generator."""
-        if self.temperature <= 0:
-            return int(logits.numpy().argmax())  # NumPy: a few microseconds less per character
+        """Sample (optionally from the top k) with the session's seeded generator."""
         logits = logits.float() / self.temperature
         if self.top_k:
             v, i = logits.topk(min(self.top_k, logits.numel()))

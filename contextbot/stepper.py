@@ -19,6 +19,13 @@ call into Python or PyTorch between the characters of a question. Three more sav
   compiler runs 8 units of a gate at a time.
 - **no output layer while reading.** The question's characters need the state, not a
   prediction, so `feed` computes the vocabulary projection only after the last character.
+- **a whole greedy turn in one call.** `answer` feeds the question, then picks the likeliest
+  character, feeds it, and so on to the end of the line, without coming back to Python in
+  between: a return to Python per character (convert the state, allocate, wrap the result as
+  tensors, argmax, per-layer norms) cost about 20 µs, as much as the character's sums. It keeps
+  the state after every character, so a reply streamed to a reader who stops part-way can still
+  leave the conversation exactly where the reader stopped. Sampling at a temperature goes
+  through `step`, one character per call, because its random draws are PyTorch's.
 
 What is left per character is reading the weights (a 256-unit GRU's recurrent matrix is 768 KB
 of float32, the output layer 330 KB), which is why a step costs tens of microseconds rather than
@@ -56,10 +63,10 @@ def _matvec(w, x, b, out):
 
 
 @njit(**JIT)
-def _run(cell, tokens, table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, gh, logits):
-    """Feed `tokens` one after another, updating h and c, (layers, hidden), in place; then the
-    logits after the last one (the output layer runs once, not once per token). Returns False,
-    having done nothing, if a token is outside the table.
+def _run(cell, tokens, table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, gh, logits, head=True):
+    """Feed `tokens` one after another, updating h and c, (layers, hidden), in place; then, if
+    `head`, the logits after the last one (the output layer runs once, not once per token).
+    Returns False, having done nothing, if a token is outside the table.
 
     Layer k > 0 reads the new h of layer k − 1 (w_ih[k − 1], b_ih[k − 1]); layer 0 reads its
     row of `table`. gi and gh are scratch vectors of gates × hidden."""
@@ -91,8 +98,67 @@ def _run(cell, tokens, table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, 
             else:  # vanilla RNN: h' = tanh(W_ih x + b_ih + W_hh h + b_hh)
                 for u in range(n):
                     h[k, u] = tanh(gi[u] + gh[u])
-    _matvec(head_w, h[layers - 1], head_b, logits)
+    if head:
+        _matvec(head_w, h[layers - 1], head_b, logits)
     return True
+
+
+@njit(**JIT)
+def _answer(cell, prompt, stops, end, table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, gh,
+            logits, out, hs, cs, norms):
+    """A whole greedy turn in one call: feed `prompt`; then, until a token that `stops` marks or
+    until `out` is full, pick the likeliest token (the first of equals, as NumPy's argmax), write
+    it to `out` and feed it; then feed `end` (the line's end), leaving h and c the state after
+    the whole turn. hs[0] and cs[0] keep the state after the prompt, hs[t + 1] and cs[t + 1] the
+    state after token t, norms[t + 1] its ‖h‖ per layer (for the UI to show as it streams). Returns how many tokens it generated, or -1, having done nothing, if a
+    prompt token is outside the table."""
+    if not _run(cell, prompt, table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, gh, logits):
+        return -1
+    hs[0] = h
+    cs[0] = c
+    n = 0
+    while n < out.shape[0]:
+        best = 0
+        for v in range(1, logits.shape[0]):
+            if logits[v] > logits[best]:
+                best = v
+        if stops[best]:
+            break
+        out[n] = best
+        _run(cell, out[n:n + 1], table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, gh, logits)
+        hs[n + 1] = h
+        cs[n + 1] = c
+        for k in range(h.shape[0]):
+            sq = 0.0  # float64: as a sum of squares in NumPy's float32 would not be, exact enough
+            for u in range(h.shape[1]):
+                sq += np.float64(h[k, u]) * np.float64(h[k, u])
+            norms[n + 1, k] = np.sqrt(sq)
+        n += 1
+    _run(cell, end, table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, gh, logits, False)
+    return n
+
+
+class Answer:
+    """A greedy turn as `Stepper.answer` computed it: the reply's tokens, and the state after the
+    prompt, after each token of the reply, and after the line's end that closes the turn.
+
+    A reply is streamed: a reader (a UI's Escape) may stop part-way, and the conversation must
+    then remember only what was shown. So every intermediate state is kept (a few hundred floats
+    each), and `state(i)` gives the one after token i; i = -1 is the state after the prompt.
+    """
+
+    def __init__(self, stepper: "Stepper", tokens: list[int], hs: np.ndarray, cs: np.ndarray,
+                 norms: np.ndarray, end: State):
+        self.tokens, self.after_turn = tokens, end
+        self._stepper, self._hs, self._cs, self._norms = stepper, hs, cs, norms
+
+    def state(self, i: int) -> State:
+        """The state right after token i of the reply (-1: after the prompt)."""
+        return self._stepper.as_state(self._hs[i + 1], self._cs[i + 1])
+
+    def norms(self, i: int) -> tuple[float, ...]:
+        """‖h‖ per layer right after token i of the reply."""
+        return tuple(self._norms[i + 1].tolist())
 
 
 class Stepper:
@@ -120,6 +186,7 @@ class Stepper:
         self.head_w, self.head_b = array(model.head.weight), array(model.head.bias)
         # Compile now (or load the cached machine code), not in the middle of the first reply.
         self.feed((), model.zero_state(1))
+        self.answer((), model.zero_state(1), 1, (), 0)
 
     def step(self, token: int, state: State) -> tuple[torch.Tensor, State]:
         """Feed one token: (logits over the vocabulary, the new state shaped like the module's)."""
@@ -128,13 +195,47 @@ class Stepper:
     def feed(self, tokens: Sequence[int], state: State) -> tuple[torch.Tensor, State]:
         """Feed several tokens, one after another: (logits after the last one, the new state).
         Like `step` repeated, without computing the logits that nobody reads."""
-        lstm = self.cell == "lstm"
-        h = (state[0] if lstm else state).detach().numpy()[:, 0].copy()  # (layers, hidden), a new array
-        c = state[1].detach().numpy()[:, 0].copy() if lstm else h[:0]
+        h, c = self._arrays(state)
         logits = np.empty(self.head_w.shape[0], self.dtype)
         gi, gh = np.empty((2, self.table.shape[1]), self.dtype)  # scratch: per call, so thread-safe
         if not _run(_CELLS[self.cell], np.array(tokens, dtype=np.int64), self.table, self.w_ih,
                     self.b_ih, self.w_hh, self.b_hh, self.head_w, self.head_b, h, c, gi, gh, logits):
             raise IndexError(f"token out of range for a vocabulary of {len(self.table)}")  # as nn.Embedding
-        new_h = torch.from_numpy(h[:, None])  # (layers, 1, hidden), as the module returns it
-        return torch.from_numpy(logits), (new_h, torch.from_numpy(c[:, None])) if lstm else new_h
+        return torch.from_numpy(logits), self.as_state(h, c)
+
+    def answer(self, prompt: Sequence[int], state: State, limit: int, stops: Sequence[int],
+               end: int) -> Answer:
+        """A greedy turn, all of it compiled: feed `prompt`, generate the likeliest token until
+        one of `stops` (not fed) or `limit` tokens, then feed `end`. The same tokens and states
+        as `feed`, then `step` after `step` with an argmax between, without a return to Python
+        (and its ~20 µs of calls and conversions) per character; the reply costs only its sums."""
+        h, c = self._arrays(state)
+        logits = np.empty(self.head_w.shape[0], self.dtype)
+        gi, gh = np.empty((2, self.table.shape[1]), self.dtype)
+        out = np.empty(limit, np.int64)
+        hs = np.empty((limit + 1, *h.shape), self.dtype)
+        cs = np.empty((limit + 1, *c.shape), self.dtype)
+        norms = np.empty((limit + 1, self.layers))
+        marks = np.zeros(len(self.table), np.bool_)
+        marks[list(stops)] = True
+        ends = np.array([end], dtype=np.int64)
+        if not 0 <= end < len(self.table):
+            raise IndexError(f"token out of range for a vocabulary of {len(self.table)}")
+        n = _answer(_CELLS[self.cell], np.array(prompt, dtype=np.int64), marks, ends, self.table,
+                    self.w_ih, self.b_ih, self.w_hh, self.b_hh, self.head_w, self.head_b, h, c, gi,
+                    gh, logits, out, hs, cs, norms)
+        if n < 0:
+            raise IndexError(f"token out of range for a vocabulary of {len(self.table)}")
+        return Answer(self, out[:n].tolist(), hs, cs, norms, self.as_state(h, c))
+
+    def _arrays(self, state: State) -> tuple[np.ndarray, np.ndarray]:
+        """The state as the loops' (layers, hidden) arrays: new ones, never the caller's memory."""
+        if self.cell == "lstm":
+            return state[0].detach().numpy()[:, 0].copy(), state[1].detach().numpy()[:, 0].copy()
+        h = state.detach().numpy()[:, 0].copy()
+        return h, h[:0]
+
+    def as_state(self, h: np.ndarray, c: np.ndarray) -> State:
+        """(layers, hidden) arrays as a state shaped like the module's, (layers, 1, hidden)."""
+        new_h = torch.from_numpy(h[:, None])
+        return (new_h, torch.from_numpy(c[:, None])) if self.cell == "lstm" else new_h

@@ -9,6 +9,7 @@ several.
 import pytest
 import torch
 
+from contextbot.model import layer_norms
 from contextbot.session import MAX_REPLY, ChatSession
 from contextbot.stepper import Stepper
 
@@ -54,6 +55,64 @@ def test_feeding_a_question_matches_one_module_call(cell, layers):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     for a, b in zip(as_tuple(start), before):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_answer_is_feed_then_greedy_steps(cell, layers):
+    """`answer` (a whole greedy turn in one compiled call) equals `feed`, then `step` after `step`
+    on the argmax, then the end token: the same tokens, the same state after each, the same
+    norms; it stops before a stop token and at the limit; the state it was given is untouched."""
+    model = build(cell, layers)
+    stepper = Stepper(model)
+    prompt, end, start = [3, 5, 7, 11], 2, random_state(model)
+    before = [t.clone() for t in as_tuple(start)]
+
+    def by_steps(stops, limit):
+        logits, state = stepper.feed(prompt, start)
+        states, tokens = [state], []
+        while len(tokens) < limit and int(logits.argmax()) not in stops:
+            tokens.append(int(logits.argmax()))
+            logits, state = stepper.step(tokens[-1], state)
+            states.append(state)
+        return tokens, states, stepper.step(end, state)[1]
+
+    free = stepper.answer(prompt, start, 12, (), end).tokens
+    assert len(free) == 12  # nothing stops it: the limit does
+    for stops, limit in [((), 12), ((), 5), ((free[3],), 12), ((free[0],), 12)]:
+        got = stepper.answer(prompt, start, limit, stops, end)
+        tokens, states, after_turn = by_steps(stops, limit)
+        assert got.tokens == tokens and len(tokens) == min(limit, free.index(stops[0]) if stops else limit)
+        for i, want in enumerate(states, start=-1):
+            for a, b in zip(as_tuple(got.state(i)), as_tuple(want)):
+                torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+            if i >= 0:
+                assert got.norms(i) == pytest.approx(layer_norms(want), rel=1e-6)
+        for a, b in zip(as_tuple(got.after_turn), as_tuple(after_turn)):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    for a, b in zip(as_tuple(start), before):
+        assert torch.equal(a, b)
+    with pytest.raises(IndexError):
+        stepper.answer([1, 23], start, 4, (), end)
+    with pytest.raises(IndexError):
+        stepper.answer([1], start, 4, (), 23)
+
+
+def test_a_stream_stopped_early_remembers_only_what_it_showed(tiny_checkpoint):
+    """A UI's Escape after k characters: the state is the module's after the prompt, the first k
+    characters of the reply and the newline, not after the whole reply that was computed."""
+    session = ChatSession.load(tiny_checkpoint)
+    model, tok = session.model, session.tokenizer
+    full = session.ask("Who is Tom Cruise?")
+    assert len(full) >= 3, "the tiny model's reply is too short for this test"
+    session.reset()
+    it = session.stream("Who is Tom Cruise?")
+    shown = "".join(next(it).char for _ in range(2))
+    it.close()
+    with torch.inference_mode():
+        ids = torch.tensor([tok.encode("Q: Who is Tom Cruise?\nA: " + shown + "\n")])
+        _, state = model(ids, None)
+    torch.testing.assert_close(session.state, state, atol=1e-5, rtol=1e-5)
 
 
 def test_a_session_replies_as_the_module_would(tiny_checkpoint):
