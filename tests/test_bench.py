@@ -53,12 +53,12 @@ def test_readme_block_is_rewritten_from_the_results(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "README", readme)
     r = {"machine": "test box", "date": "2026-01-01",
          "chat": {"latency": {"median_ms": 0.9, "p95_ms": 1.5, "first_char_median_ms": 0.2,
-                              "chars_per_sec": 40000, "ms_per_generated_char": 0.025},
+                              "chars_per_sec": 40000, "ms_per_step": 0.018},
                   "turns": [{"turn": 1, "history_chars": 0, "carried_ms": 1.0, "refeed_ms": 1.0}],
                   "last_over_first": 1.0}}
     assert bench.write_readme(r)
     text = readme.read_text(encoding="utf-8")
-    assert "old" not in text and "test box" in text and "0.90 / 1.50 ms" in text
+    assert "old" not in text and "test box" in text and "0.90 / 1.50 ms" in text and "18.0 µs/char" in text
     assert text.startswith("intro\n") and text.endswith("rest\n")
 
 
