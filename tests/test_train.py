@@ -180,7 +180,8 @@ def test_an_lstm_gets_its_own_recipe_unless_told_otherwise():
         return options_from_args(build_parser().parse_args(["train", "--out", "x.safetensors", *argv]))
 
     lstm, gru = options("--cell", "lstm"), options()
-    assert (lstm.lr, lstm.chrono_fraction) == (1e-2, 0.5)
-    assert (gru.lr, gru.chrono_fraction) == (TrainOptions.lr, TrainOptions.chrono_fraction) == (3e-3, 1.0)
-    mine = options("--cell", "lstm", "--lr", "2e-3", "--chrono-fraction", "1")
-    assert (mine.lr, mine.chrono_fraction) == (2e-3, 1.0)
+    assert (lstm.lr, lstm.chrono_fraction, lstm.seq_len) == (6e-3, 0.5, 128)
+    assert (gru.lr, gru.chrono_fraction, gru.seq_len) == (TrainOptions.lr, TrainOptions.chrono_fraction,
+                                                          TrainOptions.seq_len) == (3e-3, 1.0, 256)
+    mine = options("--cell", "lstm", "--lr", "2e-3", "--chrono-fraction", "1", "--seq-len", "64")
+    assert (mine.lr, mine.chrono_fraction, mine.seq_len) == (2e-3, 1.0, 64)
