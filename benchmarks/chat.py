@@ -33,7 +33,8 @@ def _quantile(xs: list[float], q: float) -> float:
 def latency(session: ChatSession, turns: int) -> dict:
     """Median and 95th percentile of one turn, time to the first character, and throughput: reply
     characters per second of turn, and the time per character the turn read or wrote (its prompt,
-    `Q: ...` and `A: `, its reply and the closing newline: every one is a step of the recurrence).
+    `Q: ...` and `A: `, its reply and the closing newline: with the shipped character tokenizer,
+    each is one step of the recurrence).
 
     A greedy turn computes its whole reply in one compiled call before the first character is
     handed out (stepper.py, `Stepper.answer`), so the first character comes when the reply is done.

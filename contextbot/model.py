@@ -243,8 +243,9 @@ class RecurrentLM(nn.Module):
                 x = self.rnn_dropout(x)
             weights = [getattr(self.rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
             hx = tuple(s[layer:layer + 1] for s in state) if c.cell == "lstm" else state[layer:layer + 1]
-            with warnings.catch_warnings():  # one layer's weights are not the module's flat buffer
-                warnings.simplefilter("ignore", UserWarning)
+            with warnings.catch_warnings():
+                # One layer's weights are not the module's flat cuDNN buffer: cuDNN copies them.
+                warnings.filterwarnings("ignore", message="RNN module weights are not part of single")
                 # (input, hx, weights, has_biases, layers, dropout, train, bidirectional, batch_first)
                 x, *new = kernel(x, hx, weights, True, 1, 0.0, True, False, True)
             last.append(new)

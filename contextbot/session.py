@@ -119,7 +119,9 @@ class ChatSession:
         return "".join(step.char for step in self.stream(text))
 
     def stream(self, text: str) -> Iterator[StreamStep]:
-        """One turn, yielding each character of the reply as it is generated.
+        """One turn, yielding each character of the reply with the state's norms after it. (A
+        greedy turn computes the whole reply before its first character is yielded: a
+        millisecond; a sampled one, a character at a time.)
 
         The question is validated here, before anything is fed, so a refused question raises
         ValueError at once and leaves the state untouched. Stopping the iteration early (a UI's
@@ -160,7 +162,10 @@ class ChatSession:
         finally:
             # The reply's newline is part of the conversation, as it was in training. Answer
             # has fed it already after the whole reply; a reader that stopped early needs it now.
-            self.state = answer.after_turn if finished else self._stepper.step(tok.newline_id, self.state)[1]
+            if finished:
+                self.state = answer.after_turn
+            else:
+                _, self.state = self._stepper.step(tok.newline_id, self.state)
             self.chars_seen += 1
 
     def _sampled(self, question: str) -> Iterator[StreamStep]:

@@ -9,7 +9,7 @@ A GRU step written as a dozen array operations spends more on those calls than o
 
 `Stepper` writes the step out once, as plain loops over the module's own weights, and compiles
 it to machine code with Numba (`@njit`): the equations of gates.py, one pass per layer, with no
-call into Python or PyTorch between the characters of a question. Three more savings:
+call into Python or PyTorch between the characters of a question. Four more savings:
 
 - **the input projection is a lookup.** The first layer only ever sees an embedding row, so
   W_ih · embedding[token] + b_ih is precomputed for every token once: a (vocab, gates × hidden)
@@ -104,18 +104,30 @@ def _run(cell, tokens, table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, 
 
 
 @njit(**JIT)
+def _norms(h, out):
+    """out[k] = ‖h[k]‖ for each layer k, summed in float64 (more exact than a float32 dot product)."""
+    for k in range(h.shape[0]):
+        sq = 0.0
+        for u in range(h.shape[1]):
+            sq += np.float64(h[k, u]) * np.float64(h[k, u])
+        out[k] = np.sqrt(sq)
+
+
+@njit(**JIT)
 def _answer(cell, prompt, stops, end, table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, gh,
             logits, out, hs, cs, norms):
     """A whole greedy turn in one call: feed `prompt`; then, until a token that `stops` marks or
     until `out` is full, pick the likeliest token (the first of equals, as NumPy's argmax), write
     it to `out` and feed it; then feed `end` (the line's end), leaving h and c the state after
     the whole turn. hs[0] and cs[0] keep the state after the prompt, hs[t + 1] and cs[t + 1] the
-    state after token t, norms[t + 1] its ‖h‖ per layer (for the UI to show as it streams). Returns how many tokens it generated, or -1, having done nothing, if a
-    prompt token is outside the table."""
+    state after token t, and norms the ‖h‖ per layer of each (for the UI to show as it streams).
+    Returns how many tokens it generated, or -1, having done nothing, if a prompt token is
+    outside the table."""
     if not _run(cell, prompt, table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, gh, logits):
         return -1
     hs[0] = h
     cs[0] = c
+    _norms(h, norms[0])
     n = 0
     while n < out.shape[0]:
         best = 0
@@ -128,11 +140,7 @@ def _answer(cell, prompt, stops, end, table, w_ih, b_ih, w_hh, b_hh, head_w, hea
         _run(cell, out[n:n + 1], table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, gh, logits)
         hs[n + 1] = h
         cs[n + 1] = c
-        for k in range(h.shape[0]):
-            sq = 0.0  # float64: as a sum of squares in NumPy's float32 would not be, exact enough
-            for u in range(h.shape[1]):
-                sq += np.float64(h[k, u]) * np.float64(h[k, u])
-            norms[n + 1, k] = np.sqrt(sq)
+        _norms(h, norms[n + 1])
         n += 1
     _run(cell, end, table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, gh, logits, False)
     return n
@@ -154,11 +162,17 @@ class Answer:
 
     def state(self, i: int) -> State:
         """The state right after token i of the reply (-1: after the prompt)."""
-        return self._stepper.as_state(self._hs[i + 1], self._cs[i + 1])
+        return self._stepper.as_state(self._hs[self._row(i)], self._cs[self._row(i)])
 
     def norms(self, i: int) -> tuple[float, ...]:
-        """‖h‖ per layer right after token i of the reply."""
-        return tuple(self._norms[i + 1].tolist())
+        """‖h‖ per layer right after token i of the reply (-1: after the prompt)."""
+        return tuple(self._norms[self._row(i)].tolist())
+
+    def _row(self, i: int) -> int:
+        """Row i + 1 of the kept states; past the reply's end the rows were never written."""
+        if not -1 <= i < len(self.tokens):
+            raise IndexError(f"token {i} of a reply of {len(self.tokens)}")
+        return i + 1
 
 
 class Stepper:
@@ -206,9 +220,9 @@ class Stepper:
     def answer(self, prompt: Sequence[int], state: State, limit: int, stops: Sequence[int],
                end: int) -> Answer:
         """A greedy turn, all of it compiled: feed `prompt`, generate the likeliest token until
-        one of `stops` (not fed) or `limit` tokens, then feed `end`. The same tokens and states
-        as `feed`, then `step` after `step` with an argmax between, without a return to Python
-        (and its ~20 µs of calls and conversions) per character; the reply costs only its sums."""
+        one of `stops` (not fed) or `limit` tokens, then feed `end`. The same tokens and states,
+        up to float rounding, as `feed`, then `step` after `step` with an argmax between, without
+        a return to Python (~20 µs of calls and conversions) per character."""
         h, c = self._arrays(state)
         logits = np.empty(self.head_w.shape[0], self.dtype)
         gi, gh = np.empty((2, self.table.shape[1]), self.dtype)
@@ -216,11 +230,12 @@ class Stepper:
         hs = np.empty((limit + 1, *h.shape), self.dtype)
         cs = np.empty((limit + 1, *c.shape), self.dtype)
         norms = np.empty((limit + 1, self.layers))
-        marks = np.zeros(len(self.table), np.bool_)
+        vocab = len(self.table)
+        if not all(0 <= t < vocab for t in (*stops, end)):
+            raise IndexError(f"token out of range for a vocabulary of {vocab}")
+        marks = np.zeros(vocab, np.bool_)
         marks[list(stops)] = True
         ends = np.array([end], dtype=np.int64)
-        if not 0 <= end < len(self.table):
-            raise IndexError(f"token out of range for a vocabulary of {len(self.table)}")
         n = _answer(_CELLS[self.cell], np.array(prompt, dtype=np.int64), marks, ends, self.table,
                     self.w_ih, self.b_ih, self.w_hh, self.b_hh, self.head_w, self.head_b, h, c, gi,
                     gh, logits, out, hs, cs, norms)

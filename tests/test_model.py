@@ -108,7 +108,8 @@ def test_layer_by_layer_path_computes_what_the_stacked_kernel_does(cell, monkeyp
     model = RecurrentLM(ModelConfig(vocab_size=11, cell=cell, embed=6, hidden=8, layers=3, dropout=0.4))
     model.train()
     monkeypatch.setattr(model, "_drops_between_layers", lambda x: True)
-    monkeypatch.setattr(model, "rnn_dropout", lambda x: x)
+    between = []  # dropout's inputs: one per gap between layers, none before or after them
+    monkeypatch.setattr(model, "rnn_dropout", lambda x: between.append(x.shape) or x)
     model.rnn.dropout = 0.0
     x = torch.randn(2, 5, 6)
     h = torch.randn(3, 2, 8)
@@ -118,5 +119,7 @@ def test_layer_by_layer_path_computes_what_the_stacked_kernel_does(cell, monkeyp
     torch.testing.assert_close(out, ref_out)
     for a, b in zip(new if cell == "lstm" else (new,), ref_new if cell == "lstm" else (ref_new,)):
         torch.testing.assert_close(a, b)
+    assert between == [(2, 5, 8)] * 2
     out.sum().backward()
     assert all(getattr(model.rnn, f"weight_hh_l{k}").grad.abs().sum() > 0 for k in range(3))
+

@@ -63,9 +63,16 @@ def test_answer_is_feed_then_greedy_steps(cell, layers):
     """`answer` (a whole greedy turn in one compiled call) equals `feed`, then `step` after `step`
     on the argmax, then the end token: the same tokens, the same state after each, the same
     norms; it stops before a stop token and at the limit; the state it was given is untouched."""
-    model = build(cell, layers)
-    stepper = Stepper(model)
-    prompt, end, start = [3, 5, 7, 11], 2, random_state(model)
+    prompt, end = [3, 5, 7, 11], 2
+    for seed in range(20):  # a model whose free reply has a token that first appears mid-reply
+        model = build(cell, layers, seed)
+        stepper = Stepper(model)
+        start = random_state(model)
+        free = stepper.answer(prompt, start, 12, (), end).tokens
+        mid = next((i for i in range(2, 12) if free.index(free[i]) == i), None)
+        if mid is not None:
+            break
+    assert mid is not None, "no seed gave a reply that a stop token can cut in the middle"
     before = [t.clone() for t in as_tuple(start)]
 
     def by_steps(stops, limit):
@@ -77,25 +84,27 @@ def test_answer_is_feed_then_greedy_steps(cell, layers):
             states.append(state)
         return tokens, states, stepper.step(end, state)[1]
 
-    free = stepper.answer(prompt, start, 12, (), end).tokens
     assert len(free) == 12  # nothing stops it: the limit does
-    for stops, limit in [((), 12), ((), 5), ((free[3],), 12), ((free[0],), 12)]:
+    for stops, limit, n in [((), 12, 12), ((), 5, 5), ((), 0, 0), ((free[mid],), 12, mid), ((free[0],), 12, 0)]:
         got = stepper.answer(prompt, start, limit, stops, end)
         tokens, states, after_turn = by_steps(stops, limit)
-        assert got.tokens == tokens and len(tokens) == min(limit, free.index(stops[0]) if stops else limit)
+        assert got.tokens == tokens and len(tokens) == n
         for i, want in enumerate(states, start=-1):
             for a, b in zip(as_tuple(got.state(i)), as_tuple(want)):
                 torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
-            if i >= 0:
-                assert got.norms(i) == pytest.approx(layer_norms(want), rel=1e-6)
+            assert got.norms(i) == pytest.approx(layer_norms(want), rel=1e-6)
+        for past in (-2, len(tokens)):  # rows that were never written
+            with pytest.raises(IndexError):
+                got.state(past)
         for a, b in zip(as_tuple(got.after_turn), as_tuple(after_turn)):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     for a, b in zip(as_tuple(start), before):
         assert torch.equal(a, b)
     with pytest.raises(IndexError):
         stepper.answer([1, 23], start, 4, (), end)
-    with pytest.raises(IndexError):
-        stepper.answer([1], start, 4, (), 23)
+    for bad_end, bad_stops in ((23, ()), (2, (-1,)), (2, (23,))):
+        with pytest.raises(IndexError):
+            stepper.answer([1], start, 4, bad_stops, bad_end)
 
 
 def test_a_stream_stopped_early_remembers_only_what_it_showed(tiny_checkpoint):
