@@ -22,6 +22,8 @@ compound turn "Who is X, and where does he live?" must know X by the time it ans
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 
 from .corpus import Conversation
@@ -57,6 +59,13 @@ class Referents:
                     slots[self.entities[i].pronoun] = 2 + i
             out.append((before, (slots["he"], slots["she"])))
         return out
+
+    def key(self) -> str:
+        """A fingerprint of the classes: the people, their pronouns and their order. Class 2 + i
+        is entity i, so a facts file with the same people in another order is another labelling,
+        and a checkpoint's referent head only continues training under the same key."""
+        people = json.dumps([[e.name, e.pronoun] for e in self.entities], ensure_ascii=False)
+        return hashlib.sha256(people.encode("utf-8")).hexdigest()
 
     def names_any(self, convs: list[Conversation]) -> bool:
         """Whether any conversation names a known person: without that there is nothing to learn."""

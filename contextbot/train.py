@@ -300,6 +300,10 @@ def train(o: TrainOptions, console: Console | None = None,
             referents = Referents(load_facts(facts))
             if not referents.names_any(convs):
                 referents = None
+        referents_key = referents.key() if referents is not None else ""
+        if resumed is not None and resumed.train_options.get("referents", referents_key) != referents_key:
+            raise ContextbotError(f"{out}: was trained with other people for the referent signal than {facts} "
+                                  "names (or in another order): resume with the --facts it was trained with")
         # Said once training starts, so that a run that fails in set-up prints only its error.
         note = (f"note: no facts file names anyone in {o.corpus} (looked for {facts}; pass --facts): "
                 "training without the referent signal"
@@ -346,6 +350,7 @@ def train(o: TrainOptions, console: Console | None = None,
         seconds = seconds_before + time.perf_counter() - t0  # all runs of this model together
         checkpoint.save(out, model, tok, step=step, corpus_sha256=stats.sha256,
                         train_options={"recipe": o.recipe(), "steps": o.steps, "corpus": o.corpus,
+                                       "referents": referents_key,
                                        "seconds": round(seconds, 1), "device": str(device),
                                        "threads": torch.get_num_threads(),
                                        "processes": world.size},

@@ -1,11 +1,14 @@
 """The referent labels (contextbot.referents) and the auxiliary loss that trains on them."""
 
+import json
+
 import pytest
 import torch
 
 from contextbot import checkpoint
 from contextbot.corpus import DEFAULT_FACTS, Conversation
 from contextbot.data import IGNORE, BatchSchedule, encode_conversation
+from contextbot.errors import ContextbotError
 from contextbot.facts import load_facts
 from contextbot.referents import NOBODY, UNKNOWN, Referents
 from contextbot.train import TrainOptions, train
@@ -95,6 +98,23 @@ def test_resume_with_the_referent_signal_is_exact(tiny_corpus, tmp_path, cell):
                        facts=str(DEFAULT_FACTS)))
     a, b = checkpoint.load(full).model.state_dict(), checkpoint.load(part).model.state_dict()
     assert "referent_head.weight" in a and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_other_people_for_the_referent_signal(tiny_corpus, tmp_path):
+    """The referent head's class 2 + i is person i of the facts file. Resuming with another facts
+    file (here the same people, two swapped) would silently relabel every class: refused."""
+    kw = dict(corpus=str(tiny_corpus), valid=None, hidden=16, embed=8, batch=2, seq_len=24, json=True)
+    out = tmp_path / "m.safetensors"
+    train(TrainOptions(out=str(out), steps=2, referent_weight=1.0, facts=str(DEFAULT_FACTS), **kw))
+    raw = json.loads(DEFAULT_FACTS.read_text(encoding="utf-8"))
+    raw["entities"][0], raw["entities"][2] = raw["entities"][2], raw["entities"][0]
+    swapped = tmp_path / "swapped.json"
+    swapped.write_text(json.dumps(raw), encoding="utf-8")
+    with pytest.raises(ContextbotError, match="other people for the referent signal"):
+        train(TrainOptions(out=str(out), steps=4, resume=True, facts=str(swapped), **kw))
+    assert checkpoint.load(out).step == 2  # nothing was written
+    train(TrainOptions(out=str(out), steps=4, resume=True, facts=str(DEFAULT_FACTS), **kw))
+    assert checkpoint.load(out).step == 4
 
 
 def test_the_facts_beside_the_corpus_are_found_and_a_corpus_without_them_still_trains(tmp_path, capsys):
