@@ -17,11 +17,13 @@ turn it into a one-line `ContextbotError`.
 from __future__ import annotations
 
 import base64
+import glob
 import hashlib
 import json
 import os
 import struct
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +111,29 @@ def check_writable(path: str | Path) -> None:
             pass
     except OSError as exc:
         raise ContextbotError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+STALE_AFTER = 60.0  # seconds; writing a checkpoint takes well under one
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporaries that killed writers of `path` left beside it; return them.
+
+    `write_atomic` writes `.NAME.XXXX.tmp` and renames it over NAME. A process killed between
+    the two (kill -9, a power cut) leaves the temporary: harmless, since NAME is still the last
+    complete checkpoint, but a few MB each, hidden, and piling up. Training calls this before its
+    first save. Only temporaries untouched for a minute go: a younger one may belong to a
+    writer that is still alive."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime > STALE_AFTER:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            continue  # gone already, or not ours to delete: leave it
+    return removed
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

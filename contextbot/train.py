@@ -356,6 +356,10 @@ def train(o: TrainOptions, console: Console | None = None,
                                        "processes": world.size},
                         train_tensors=tensors)
 
+    if world.is_main and (stale := checkpoint.remove_stale_temporaries(out)):
+        console.print(f"note: removed {len(stale)} temporary file(s) that a killed run left beside {out}",
+                      highlight=False, soft_wrap=True)
+
     # -- the loop -----------------------------------------------------------------------------
     t0 = time.perf_counter()
     deadline = t0 + o.minutes * 60 if o.minutes else None

@@ -516,6 +516,23 @@ def test_ctrl_c_saves_and_says_how_to_resume(tiny_corpus, tmp_path, monkeypatch)
     assert _file_fingerprint(out) == (steps, reference[steps])
 
 
+def test_training_removes_the_temporaries_that_killed_runs_left(tiny_corpus, tmp_path):
+    """A kill between writing a checkpoint's temporary and renaming it leaves `.NAME.XXXX.tmp`.
+    The next training run of that checkpoint deletes those a minute old, and keeps a young one
+    (a writer that may still be alive) and anything that is not its own."""
+    out = tmp_path / "m.safetensors"
+    old = [tmp_path / f".m.safetensors.{k}.tmp" for k in ("a1b2", "c3d4")]
+    young, other = tmp_path / ".m.safetensors.e5f6.tmp", tmp_path / ".other.safetensors.a1b2.tmp"
+    for f in (*old, young, other):
+        f.write_bytes(b"half a checkpoint")
+    for f in (*old, other):
+        os.utime(f, (time.time() - 3600, time.time() - 3600))
+    train(TrainOptions(corpus=str(tiny_corpus), valid=None, out=str(out), steps=1, hidden=8, embed=4,
+                       batch=2, seq_len=16, json=True))
+    assert not any(f.exists() for f in old) and young.exists() and other.exists()
+    assert checkpoint.load(out).step == 1
+
+
 def _temporaries(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f".{out.name}.*.tmp"))
 
