@@ -29,7 +29,8 @@ TRAIN_QUESTIONS = {
     "city": ["Where does {s} live?", "Where {s} lives?", "Where is {p} home?",
              "In which city does {s} live?", "Where does {s} live these days?", "What city is {p} home?",
              "Where's {p} home?", "Where is {s} based?", "Which town does {s} live in?",
-             "Where does {s} reside?", "What city does {s} call home?", "Where is {s} staying?"],
+             "Where does {s} reside?", "What city does {s} call home?", "Where is {s} staying?",
+             "Where is {s} residing?", "Where is {s} settled?", "Where does {s} make {p} home?"],
     "spouse": ["Whom did {s} marry?", "Whom {s} married?", "Who is {p} spouse?",
                "Is {s} married?", "Who is {p} partner?", "Whom is {s} married to?",
                "Who's {p} spouse?", "To whom is {s} married?", "Who is {s} with?",
@@ -37,7 +38,8 @@ TRAIN_QUESTIONS = {
     "born": ["When was {s} born?", "What year was {s} born?", "What is {p} year of birth?",
              "In which year was {s} born?", "How old is {s}?", "When {s} was born?",
              "What's {p} year of birth?", "Which year was {s} born in?", "What is {p} date of birth?",
-             "What is {p} age?", "What is {p} birth date?", "How old is {s} now?"],
+             "What is {p} age?", "What is {p} birth date?", "How old is {s} now?",
+             "When is {p} birthday?", "What is {p} birthdate?", "What was {p} year of birth?"],
     "nationality": ["Where is {s} from?", "What is {p} nationality?", "Which country is {s} from?",
                     "What nationality is {s}?", "Where {s} is from?", "What is {p} country?",
                     "What's {p} nationality?", "Which nation is {s} from?", "Where does {s} hail from?",
@@ -93,9 +95,14 @@ def unknown_name(rng: random.Random, known: list[Entity]) -> str:
             return name
 
 
-def add_noise(text: str, rng: random.Random) -> str:
-    """Case and punctuation noise as people type it: 'who is tom cruise', 'WHERE DOES SHE LIVE'."""
-    choice = rng.randrange(7)
+def add_noise(text: str, rng: random.Random, shout: float = 0.0) -> str:
+    """Case and punctuation noise as people type it: 'who is tom cruise', 'WHERE DOES SHE LIVE'.
+
+    `shout` is an extra share of all-capitals on top of the one in seven that the other kinds of
+    noise leave them: capitals change every letter of a question, so a model that sees too few of
+    them reads 'HOW OLD IS SHE' as another question (see `training_conversation`).
+    """
+    choice = 1 if shout and rng.random() < shout else rng.randrange(7)
     if choice == 0:
         text = text.lower()
     elif choice == 1:
@@ -133,12 +140,13 @@ class Talk:
     entities: list[Entity]
     questions: dict = field(default_factory=lambda: TRAIN_QUESTIONS)
     noise: float = 0.0
+    shout: float = 0.0  # extra share of all-capitals among the noisy questions (see add_noise)
     turns: list[Turn] = field(default_factory=list)
     slots: dict = field(default_factory=lambda: {"he": None, "she": None})
     in_play: list[Entity] = field(default_factory=list)
 
     def _q(self, text: str) -> str:
-        return add_noise(text, self.rng) if self.rng.random() < self.noise else text
+        return add_noise(text, self.rng, self.shout) if self.rng.random() < self.noise else text
 
     def _add(self, turn: Turn) -> Turn:
         self.turns.append(turn)
@@ -203,10 +211,15 @@ class Talk:
         return tuple(sorted(x for x in others if x not in mine and mine not in x))
 
 
-def training_conversation(rng: random.Random, entities: list[Entity], noise: float = 0.2) -> list[Turn]:
+def training_conversation(rng: random.Random, entities: list[Entity], noise: float = 0.35,
+                          shout: float = 0.3) -> list[Turn]:
     """One conversation of the training corpus: people introduced, small talk (0 to 3 turns in a
-    row), questions about whoever "he" and "she" mean, unknown names and switches."""
-    talk = Talk(rng, entities, noise=noise)
+    row), questions about whoever "he" and "she" mean, unknown names and switches.
+
+    Noise falls on 35% of questions, 30% of those all in capitals (it was 20%, and capitals one in
+    seven of those): most of the shipped GRU's misses under noise were questions in capitals.
+    """
+    talk = Talk(rng, entities, noise=noise, shout=shout)
     if rng.random() < 0.3:
         talk.small_talk()
     if rng.random() < 0.2:
