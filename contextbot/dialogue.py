@@ -102,6 +102,7 @@ def add_noise(text: str, rng: random.Random, shout: float = 0.0) -> str:
     noise leave them: capitals change every letter of a question, so a model that sees too few of
     them reads 'HOW OLD IS SHE' as another question (see `training_conversation`).
     """
+    # With no shout, no extra draw: the eval's noisy conversations stay the ones they always were.
     choice = 1 if shout and rng.random() < shout else rng.randrange(7)
     if choice == 0:
         text = text.lower()
