@@ -27,13 +27,16 @@ def near_items(n: int) -> list[evaluate.Item]:
     return [evaluate.make_item("near", rng, entities) for _ in range(n)]
 
 
-def run(target: float = 0.99, minutes: float = 15.0, every: int = 50, items: int = 200) -> dict:
-    """Train until the 0-3-turns category reaches `target`; report the curve and the time."""
+def run(target: float = 0.99, minutes: float = 15.0, every: int = 50, items: int = 200,
+        batch: int | None = None) -> dict:
+    """Train until the 0-3-turns category reaches `target`; report the curve and the time.
+    `batch` replaces the recipe's streams per step (the comparison in README, "Training")."""
     conversations = near_items(items)
     curve: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         o = TrainOptions(out=str(Path(tmp) / "tta.safetensors"), valid=None, json=True,
                          checkpoint_every=every, minutes=minutes)
+        o.batch = batch or o.batch
 
         def score(step: int, model) -> bool:
             session = ChatSession.load(o.out)
@@ -44,6 +47,6 @@ def run(target: float = 0.99, minutes: float = 15.0, every: int = 50, items: int
 
         summary = train(o, Console(stderr=True, quiet=True), on_checkpoint=score)
     reached = next((p for p in curve if p["near"] >= target), None)
-    return {"target": target, "reached": reached is not None,
+    return {"target": target, "batch": o.batch, "reached": reached is not None,
             "seconds": reached["seconds"] if reached else None,
             "limit_minutes": minutes, "curve": curve, "chars_per_sec": summary["chars_per_sec"]}

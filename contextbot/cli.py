@@ -29,7 +29,7 @@ def build_parser() -> Parser:
     t.add_argument("--layers", type=int, help="recurrent layers (default 1)")
     t.add_argument("--embed", type=int, help="embedding size (default 64)")
     t.add_argument("--dropout", type=float, help="dropout (default 0)")
-    t.add_argument("--batch", type=int, help="parallel streams per step (default 32)")
+    t.add_argument("--batch", type=int, help="parallel streams per step (default 16; 32 for --cell lstm and rnn)")
     t.add_argument("--seq-len", type=int, help="characters per BPTT chunk (default 256; LSTM 128; 0 = whole conversations)")
     t.add_argument("--lr", type=float, help="peak learning rate (default 3e-3; LSTM 6e-3)")
     t.add_argument("--chrono-tmax", type=float, help="chrono initialisation of the gate biases, in characters (default 400; 0 = off)")

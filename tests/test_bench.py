@@ -65,3 +65,31 @@ def test_readme_block_is_rewritten_from_the_results(tmp_path, monkeypatch):
 def test_readme_has_the_bench_block():
     text = bench.README.read_text(encoding="utf-8")
     assert bench.START in text and bench.END in text
+
+
+def test_time_to_accuracy_at_another_batch_writes_nothing(monkeypatch):
+    """`--batch N` measures a recipe that is not the default: its figure is shown, never written
+    over the default's in docs/bench.json or README."""
+    seen = {}
+
+    def fake_run(minutes, batch):
+        seen["batch"] = batch
+        return {"target": 0.99, "batch": batch, "reached": True, "seconds": 216.9,
+                "limit_minutes": minutes, "curve": [{"step": 50, "seconds": 216.9, "near": 0.99}]}
+
+    written = []
+    monkeypatch.setattr(bench.accuracy, "run", fake_run)
+    monkeypatch.setattr(bench, "write_atomic", lambda path, data: written.append(path))
+    assert bench.main(["--only", "accuracy", "--batch", "8"]) == 0
+    assert seen == {"batch": 8} and written == []
+    assert bench.main(["--only", "accuracy"]) == 0  # the default recipe's figure is written
+    assert seen == {"batch": None} and written[0] == bench.OUT
+    row = bench.rows({"accuracy": fake_run(15.0, 8)})[0]
+    assert row[:2] == ("time to 99% on pronouns 0-3 turns back (batch 8)", "3.6 min")
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "x"])
+def test_a_batch_below_one_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--only", "accuracy", "--batch", value])
+    assert e.value.code == 2 and "--batch" in capsys.readouterr().err
