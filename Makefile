@@ -8,8 +8,8 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 # Steps that fit in 15 minutes on a 2-core machine (measured: README, "Three cells"). The RNN's
 # shipped checkpoint is 4200 steps (10.5 minutes); 5400 fit in 13.4 minutes, and were no better.
-# The LSTM's learning rate, chrono fraction and chunk length are its own defaults (train.py,
-# CELL_DEFAULTS); its 4800 steps of 128 characters took 11.7 minutes.
+# The LSTM's learning rate, chrono fraction, chunk length and batch (32 streams, as for the RNN) are
+# its own defaults (train.py, CELL_DEFAULTS); its 4800 steps of 128 characters took 11.7 minutes.
 LSTM_STEPS ?= 4800
 RNN_STEPS ?= 4200
 

@@ -124,10 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta-minutes", type=float, default=15.0,
                    help="time limit for time to accuracy (default 15)")
     p.add_argument("--batch", type=_positive, metavar="N",
-                   help="time to accuracy with N streams per step instead of the recipe's; writes nothing")
+                   help="time to accuracy with N streams per step instead of the recipe's; writes "
+                        "nothing unless --json")
     p.add_argument("--json", metavar="FILE", help=f"where to write the results (default {OUT.relative_to(REPO)})")
     args = p.parse_args(argv)
     parts = args.only or [x for x in PARTS if not (args.quick and x == "accuracy")]
+    if args.batch and "accuracy" not in parts:
+        p.error("--batch is for the time-to-accuracy part: add --only accuracy (without --quick)")
     console = Console(stderr=True)
     r: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
     for part in parts:

@@ -25,10 +25,10 @@ block, each 5–25 µs; measured on README's machine, the GRU's loop is about 30
 
 Inside, every tensor is laid out with the streams as *columns*: h is (hidden, batch) and a step's
 gates (gates·hidden, batch), so each gate's block (r, z, n) is a contiguous slice of rows. Measured
-on the 2-core machine of README's "Performance", an element-wise operation on a (256, 32) block
-took 5–10 µs contiguous and 20–30 µs as a strided slice of a wider matrix (before the compiled
-loops, a step made about ten of them); the (768, 256) x (256, 32) recurrent multiply is also
-faster this way round than as (32, 256) x (256, 768).
+on the 2-core machine of README's "Performance" at the then default of 32 streams, an element-wise
+operation on a (256, 32) block took 5–10 µs contiguous and 20–30 µs as a strided slice of a wider
+matrix (before the compiled loops, a step made about ten of them); the (768, 256) x (256, 32)
+recurrent multiply is also faster this way round than as (32, 256) x (256, 768).
 
 `keep` must hold 0 and 1 only: the state is multiplied by it at the steps that hold a 0.
 

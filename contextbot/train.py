@@ -52,7 +52,7 @@ class TrainOptions:
     layers: int = 1
     embed: int = 64
     dropout: float = 0.0
-    batch: int = 16  # streams per step; 16 reached 99% on pronoun questions in half the time of 32
+    batch: int = 16  # streams per step: 99% on pronoun questions in 3.6 min, against 5.0 at 32 (README)
     seq_len: int = 256
     lr: float = 3e-3
     min_lr_ratio: float = 0.1

@@ -88,8 +88,18 @@ def test_time_to_accuracy_at_another_batch_writes_nothing(monkeypatch):
     assert row[:2] == ("time to 99% on pronouns 0-3 turns back (batch 8)", "3.6 min")
 
 
-@pytest.mark.parametrize("value", ["0", "-3", "x"])
-def test_a_batch_below_one_is_a_usage_error(value, capsys):
+@pytest.mark.parametrize("argv", [["--only", "accuracy", "--batch", "0"],
+                                  ["--only", "accuracy", "--batch", "-3"],
+                                  ["--only", "accuracy", "--batch", "x"],
+                                  ["--only", "chat", "--batch", "32"],
+                                  ["--quick", "--batch", "32"]])
+def test_a_batch_below_one_or_without_the_accuracy_part_is_a_usage_error(argv, capsys, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a refused command measured something")
+
+    for part in (bench.accuracy, bench.chat, bench.training, bench.memory):
+        monkeypatch.setattr(part, "run", must_not_run)
+    monkeypatch.setattr(bench, "write_atomic", must_not_run)
     with pytest.raises(SystemExit) as e:
-        bench.main(["--only", "accuracy", "--batch", value])
+        bench.main(argv)
     assert e.value.code == 2 and "--batch" in capsys.readouterr().err
