@@ -30,7 +30,7 @@ def build_parser() -> Parser:
     t.add_argument("--embed", type=int, help="embedding size (default 64)")
     t.add_argument("--dropout", type=float, help="dropout (default 0)")
     t.add_argument("--batch", type=int, help="parallel streams per step (default 16; 32 for --cell lstm and rnn)")
-    t.add_argument("--seq-len", type=int, help="characters per BPTT chunk (default 256; LSTM 128; 0 = whole conversations)")
+    t.add_argument("--seq-len", type=int, help="characters per BPTT chunk (default 192; LSTM 128, RNN 256; 0 = whole conversations)")
     t.add_argument("--lr", type=float, help="peak learning rate (default 3e-3; LSTM 6e-3)")
     t.add_argument("--chrono-tmax", type=float, help="chrono initialisation of the gate biases, in characters (default 400; 0 = off)")
     t.add_argument("--chrono-fraction", type=float, help="share of units given chrono initialisation (default 1; LSTM 0.5)")

@@ -60,15 +60,6 @@ def tiny_checkpoint(tmp_path, tiny_tokenizer) -> Path:
     return p
 
 
-#: The shipped GRU meets issue 3's targets on every category and the seed dialogue but one:
-#: question phrasings it never saw in training are right 77% of the time, not 80% (`contextbot
-#: eval`; README, "How well it remembers"). A test of every target is expected to fail until a
-#: checkpoint meets them all; strict, so the first checkpoint that does turns it red and the
-#: marker must go.
-SHIPPED_MODEL_GAP = pytest.mark.xfail(
-    strict=True, reason="the shipped GRU is not yet right nearly always (issue 3)")
-
-
 @pytest.fixture(scope="session")
 def shipped_gru():
     from contextbot import ChatSession
