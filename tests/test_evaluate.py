@@ -10,7 +10,6 @@ from contextbot.facts import load_facts
 from contextbot.session import BatchSession, prompt
 
 
-
 def test_scoring_needs_the_fact_and_rejects_the_other_persons():
     turn = Turn("Where does she live?", "She lives in Los Angeles.", "fact",
                 expected=("Los Angeles",), forbidden=("Paris",))
