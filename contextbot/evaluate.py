@@ -34,6 +34,8 @@ CATEGORIES = [
 TARGETS = {"far": 0.95, "unseen": 0.80}  # every other category: 0.99; stateless: at most 0.05
 DEFAULT_TARGET = 0.99
 STATELESS_MAX = 0.05
+#: The shipped LSTM's target (issue 3): on every category but the unseen phrasings.
+LSTM_TARGET = 0.95
 SEED_DIALOGUE = [
     ("Who is Tom cruise. Where he lives?", ("American actor", "Beverly Hills")),
     ("Who is Megan Fox, and where she lives?", ("American actress", "Los Angeles")),

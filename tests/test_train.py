@@ -180,7 +180,7 @@ def test_an_lstm_gets_its_own_recipe_unless_told_otherwise():
         return options_from_args(build_parser().parse_args(["train", "--out", "x.safetensors", *argv]))
 
     lstm, rnn, gru = options("--cell", "lstm"), options("--cell", "rnn"), options()
-    assert (lstm.lr, lstm.chrono_fraction, lstm.seq_len, lstm.batch) == (6e-3, 0.5, 128, 32)
+    assert (lstm.lr, lstm.chrono_fraction, lstm.seq_len, lstm.batch) == (4e-3, 0.5, 128, 16)
     assert (rnn.lr, rnn.seq_len, rnn.batch) == (3e-3, 256, 32)  # what its checkpoint was trained at
     assert (gru.lr, gru.chrono_fraction, gru.seq_len, gru.batch) == (
         TrainOptions.lr, TrainOptions.chrono_fraction, TrainOptions.seq_len, TrainOptions.batch) == (
