@@ -14,6 +14,7 @@ from contextbot.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_GRU = REPO / "checkpoints" / "gru.safetensors"
+SHIPPED_LSTM = REPO / "checkpoints" / "lstm.safetensors"
 
 TINY_CORPUS = """Q: Who is Tom Cruise?
 A: He is an American actor.
@@ -66,3 +67,11 @@ def shipped_gru():
     if not SHIPPED_GRU.exists():
         pytest.fail(f"the shipped checkpoint {SHIPPED_GRU} is missing")
     return ChatSession.load(SHIPPED_GRU)
+
+
+@pytest.fixture(scope="session")
+def shipped_lstm():
+    from contextbot import ChatSession
+    if not SHIPPED_LSTM.exists():
+        pytest.fail(f"the shipped checkpoint {SHIPPED_LSTM} is missing")
+    return ChatSession.load(SHIPPED_LSTM)

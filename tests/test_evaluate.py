@@ -9,8 +9,6 @@ from contextbot.dialogue import HELD_OUT_QUESTIONS, Turn, phrasing
 from contextbot.facts import load_facts
 from contextbot.session import BatchSession, prompt
 
-from .conftest import SHIPPED_GRU
-
 
 def test_scoring_needs_the_fact_and_rejects_the_other_persons():
     turn = Turn("Where does she live?", "She lives in Los Angeles.", "fact",
@@ -133,14 +131,11 @@ def test_shipped_gru_passes_every_category(shipped_gru):
             assert acc >= evaluate.TARGETS.get(key, evaluate.DEFAULT_TARGET), (label, by_cat[key].examples)
 
 
-def test_shipped_lstm_meets_its_target_on_every_category():
+def test_shipped_lstm_meets_its_target_on_every_category(shipped_lstm):
     """The shipped LSTM is held to less than the GRU (issue 3): 95% on every category but the
     unseen phrasings, which are only reported; 100 fresh conversations per category, as above."""
-    path = SHIPPED_GRU.with_name("lstm.safetensors")
-    if not path.exists():
-        pytest.fail(f"the shipped checkpoint {path} is missing")
     items = evaluate.generate(load_facts(DEFAULT_FACTS), seed=77, per_category=100)
-    by_cat = evaluate.run(ChatSession.load(path), items).by_category
+    by_cat = evaluate.run(shipped_lstm, items).by_category
     for key, label in evaluate.CATEGORIES:
         acc = by_cat[key].accuracy
         if key == "stateless":
