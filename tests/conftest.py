@@ -61,17 +61,18 @@ def tiny_checkpoint(tmp_path, tiny_tokenizer) -> Path:
     return p
 
 
+def _load_shipped(path: Path):
+    from contextbot import ChatSession
+    if not path.exists():
+        pytest.fail(f"the shipped checkpoint {path} is missing")
+    return ChatSession.load(path)
+
+
 @pytest.fixture(scope="session")
 def shipped_gru():
-    from contextbot import ChatSession
-    if not SHIPPED_GRU.exists():
-        pytest.fail(f"the shipped checkpoint {SHIPPED_GRU} is missing")
-    return ChatSession.load(SHIPPED_GRU)
+    return _load_shipped(SHIPPED_GRU)
 
 
 @pytest.fixture(scope="session")
 def shipped_lstm():
-    from contextbot import ChatSession
-    if not SHIPPED_LSTM.exists():
-        pytest.fail(f"the shipped checkpoint {SHIPPED_LSTM} is missing")
-    return ChatSession.load(SHIPPED_LSTM)
+    return _load_shipped(SHIPPED_LSTM)

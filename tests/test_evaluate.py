@@ -117,31 +117,30 @@ def test_shipped_gru_is_right_nearly_always_where_it_meets_the_targets(shipped_g
     assert by_cat["stateless"].accuracy <= 0.05
 
 
-def test_shipped_gru_passes_every_category(shipped_gru):
-    """Issue 3's own targets on 100 fresh conversations per category (a seed of its own; the eval
-    uses 200). Twenty were too few: a checkpoint at 96% on two people passed them by luck."""
-    entities = load_facts(DEFAULT_FACTS)
-    items = evaluate.generate(entities, seed=77, per_category=100)
-    by_cat = evaluate.run(shipped_gru, items).by_category
+def assert_targets(session, target):
+    """Score `session` on 100 fresh conversations per category (a seed of its own; the eval uses
+    200) against `target(category)`, a least accuracy or None for a category only reported; the
+    stateless comparison must fall to chance."""
+    items = evaluate.generate(load_facts(DEFAULT_FACTS), seed=77, per_category=100)
+    by_cat = evaluate.run(session, items).by_category
     for key, label in evaluate.CATEGORIES:
         acc = by_cat[key].accuracy
         if key == "stateless":
             assert acc <= evaluate.STATELESS_MAX, label
-        else:
-            assert acc >= evaluate.TARGETS.get(key, evaluate.DEFAULT_TARGET), (label, by_cat[key].examples)
+        elif target(key) is not None:
+            assert acc >= target(key), (label, by_cat[key].examples)
+
+
+def test_shipped_gru_passes_every_category(shipped_gru):
+    """Issue 3's own targets on 100 fresh conversations per category (a seed of its own; the eval
+    uses 200). Twenty were too few: a checkpoint at 96% on two people passed them by luck."""
+    assert_targets(shipped_gru, lambda key: evaluate.TARGETS.get(key, evaluate.DEFAULT_TARGET))
 
 
 def test_shipped_lstm_meets_its_target_on_every_category(shipped_lstm):
     """The shipped LSTM is held to less than the GRU (issue 3): 95% on every category but the
     unseen phrasings, which are only reported; 100 fresh conversations per category, as above."""
-    items = evaluate.generate(load_facts(DEFAULT_FACTS), seed=77, per_category=100)
-    by_cat = evaluate.run(shipped_lstm, items).by_category
-    for key, label in evaluate.CATEGORIES:
-        acc = by_cat[key].accuracy
-        if key == "stateless":
-            assert acc <= evaluate.STATELESS_MAX, label
-        elif key != "unseen":
-            assert acc >= evaluate.LSTM_TARGET, (label, by_cat[key].examples)
+    assert_targets(shipped_lstm, lambda key: None if key == "unseen" else evaluate.LSTM_TARGET)
 
 
 def test_shipped_gru_seed_dialogue_is_right_at_every_turn(shipped_gru):
