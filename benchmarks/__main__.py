@@ -25,9 +25,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from contextbot.checkpoint import write_atomic
-from contextbot.corpus import REPO
-from contextbot.results import machine as results_machine
+from contextbot.files import write_atomic
+from contextbot.paths import SHIPPED as REPO
+from contextbot.analysis.results import machine as results_machine
 
 from . import accuracy, chat, memory, training
 

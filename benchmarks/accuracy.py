@@ -14,11 +14,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from contextbot import evaluate
-from contextbot.corpus import DEFAULT_FACTS
-from contextbot.facts import load_facts
-from contextbot.session import ChatSession
-from contextbot.train import TrainOptions, train
+from contextbot.analysis import evaluate
+from contextbot.paths import DEFAULT_FACTS
+from contextbot.text.facts import load_facts
+from contextbot.chat import ChatSession
+from contextbot.train.loop import TrainOptions, train
 
 
 def near_items(n: int) -> list[evaluate.Item]:

@@ -17,8 +17,9 @@ import time
 
 import torch
 
-from contextbot.evaluate import SEED_DIALOGUE
-from contextbot.session import ChatSession, _call, prompt
+from contextbot.analysis.evaluate import SEED_DIALOGUE
+from contextbot.chat import ChatSession, _call
+from contextbot.text.turns import prompt
 
 TYPICAL = [q for q, _ in SEED_DIALOGUE] + ["Who is Tom Cruise?", "Where does he live?",
                                            "Thanks!", "What is her profession?"]

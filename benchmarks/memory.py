@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from contextbot.corpus import REPO
+from contextbot.paths import SHIPPED as REPO
 
 # The chat app, headless (Textual's run_test), asked one question as a user would.
 CHAT_SCRIPT = """

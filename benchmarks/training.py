@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from contextbot.model import ModelConfig, RecurrentLM
-from contextbot.train import TrainOptions, train
+from contextbot.model.network import ModelConfig, RecurrentLM
+from contextbot.train.loop import TrainOptions, train
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "ChatSession":
-        from .session import ChatSession
+        from .chat import ChatSession
         return ChatSession
     if name in ("ModelConfig", "RecurrentLM"):
         from . import model

@@ -95,8 +95,8 @@ def build_parser() -> Parser:
 
 
 def cmd_train(args) -> int:
-    from .checkpoint import check_writable
-    from .train import main_json, options_from_args, train
+    from .files import check_writable
+    from .train.loop import main_json, options_from_args, train
     check_writable(args.out)  # now, not when the first checkpoint is written
     o = options_from_args(args)
     if args.valid == "none":
@@ -108,7 +108,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    from .session import ChatSession, visible
+    from .chat import ChatSession, visible
     if args.temperature < 0:
         raise ContextbotError("--temperature must be 0 or more")
     session = ChatSession.load(args.checkpoint, carry=not args.no_carry,
@@ -151,7 +151,7 @@ def cmd_chat(args) -> int:
     again here (exit 2) once the user quits."""
     from pathlib import Path
 
-    from .session import default_checkpoint
+    from .paths import default_checkpoint
     from .ui.app import ChatApp
     path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
     if not path.exists():
@@ -164,16 +164,17 @@ def cmd_chat(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .report import run_eval
+    from .analysis.report import run_eval
     if args.per_category < 1:
         raise ContextbotError("--per-category must be at least 1")
     return run_eval(args)
 
 
 def cmd_corpus(args) -> int:
-    from . import corpus
+    from .paths import DEFAULT_FACTS
+    from .text import corpus
     if args.corpus_command == "build":
-        train, valid = corpus.build(args.facts or corpus.DEFAULT_FACTS, seed=args.seed,
+        train, valid = corpus.build(args.facts or DEFAULT_FACTS, seed=args.seed,
                                     out_dir=args.out_dir)
         for path in (train, valid):
             s = corpus.check(path)
@@ -194,7 +195,7 @@ def cmd_corpus(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .inspect import run
+    from .analysis.inspector import run
     return run(args)
 
 

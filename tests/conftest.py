@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from contextbot import checkpoint
-from contextbot.model import ModelConfig, RecurrentLM
-from contextbot.tokenizer import Tokenizer
+from contextbot.model import checkpoint
+from contextbot.model.network import ModelConfig, RecurrentLM
+from contextbot.text.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_GRU = REPO / "checkpoints" / "gru.safetensors"
@@ -44,6 +44,20 @@ def make_model(tok: Tokenizer, cell: str = "gru", hidden: int = 16, layers: int 
     torch.manual_seed(seed)
     return RecurrentLM(ModelConfig(vocab_size=tok.vocab_size, cell=cell, embed=8, hidden=hidden,
                                    layers=layers)).eval()
+
+
+def build(cell: str, layers: int, seed: int = 0) -> RecurrentLM:
+    """A small model with no tokenizer (vocabulary of 23), for the recurrence's equivalence tests."""
+    torch.manual_seed(seed)
+    model = RecurrentLM(ModelConfig(vocab_size=23, cell=cell, embed=7, hidden=11, layers=layers))
+    return model.eval()
+
+
+def random_state(model: RecurrentLM, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    h = torch.randn(c.layers, 1, c.hidden, generator=g) * 0.5
+    return (h, torch.randn(c.layers, 1, c.hidden, generator=g) * 0.5) if c.cell == "lstm" else h
 
 
 @pytest.fixture

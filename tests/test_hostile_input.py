@@ -24,8 +24,9 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from contextbot import ChatSession, checkpoint
-from contextbot.session import MAX_QUESTION, MAX_REPLY
+from contextbot import ChatSession
+from contextbot.model import checkpoint
+from contextbot.chat import MAX_QUESTION, MAX_REPLY
 
 from .conftest import make_model
 

@@ -37,12 +37,15 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from contextbot import ChatSession, checkpoint, probe
+from contextbot import ChatSession
+from contextbot.model import checkpoint
+from contextbot.analysis import probe
 from contextbot.cli import main
-from contextbot.corpus import DEFAULT_TRAIN, MAX_LINE, Conversation
-from contextbot.data import Streams, encode_conversation
+from contextbot.text.corpus import MAX_LINE, Conversation
+from contextbot.paths import DEFAULT_TRAIN
+from contextbot.train.batches import Streams, encode_conversation
 from contextbot.errors import ContextbotError
-from contextbot.train import TrainOptions, train
+from contextbot.train.loop import TrainOptions, train
 
 from .conftest import SHIPPED_GRU, TINY_CORPUS, make_model
 
@@ -625,9 +628,9 @@ def _rss_bytes() -> int:
 def _thousand_turns():
     """1000 turns without a reset (a 50-turn script of introductions, follow-ups and small talk,
     20 times) on the shipped GRU; returns the session and what was measured on the way."""
-    from contextbot.corpus import DEFAULT_FACTS
-    from contextbot.dialogue import training_conversation
-    from contextbot.facts import load_facts
+    from contextbot.paths import DEFAULT_FACTS
+    from contextbot.text.dialogue import training_conversation
+    from contextbot.text.facts import load_facts
 
     s = ChatSession.load(SHIPPED_GRU)
     rng = random.Random(11)

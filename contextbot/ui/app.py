@@ -30,7 +30,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ..session import ChatSession, clean_question
+from ..chat import ChatSession, clean_question
 from . import transcript as transcript_io
 from .conversation import BotReply, ChatLog
 from .help import HelpScreen

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from ..session import ChatSession
+from ..chat import ChatSession
 from .streaming import Tick, TurnResult
 
 

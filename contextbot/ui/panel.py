@@ -27,8 +27,8 @@ from textual.containers import VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Static
 
-from ..gates import GATE_NAMES
-from ..session import ChatSession
+from ..model.recurrence.reference import GATE_NAMES
+from ..chat import ChatSession
 from .streaming import Tick, TurnResult, cell_norms
 from .timeline import Boundary, Timeline, columns, top_units
 

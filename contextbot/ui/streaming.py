@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import gates
-from ..model import hidden_of
-from ..session import ChatSession
+from ..model.recurrence import reference as gates
+from ..model.network import hidden_of
+from ..chat import ChatSession
 
 
 @dataclass(frozen=True)

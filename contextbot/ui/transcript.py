@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ..session import ChatSession
+from ..chat import ChatSession
 from .streaming import TurnResult
 
 FORMAT = "contextbot-chat"

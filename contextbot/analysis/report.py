@@ -1,0 +1,92 @@
+"""Printing `contextbot eval`: a rich table for people, JSON for machines."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from . import evaluate
+from ..paths import DEFAULT_FACTS, DEFAULT_VALID
+from ..text.corpus import read_conversations
+from ..train.batches import encode_conversation
+from ..text.facts import load_facts
+from ..chat import ChatSession, visible
+from ..train.metrics import evaluate_bpc
+
+
+def valid_bpc(session: ChatSession, path) -> float:
+    enc = [encode_conversation(c, session.tokenizer, 1.0) for c in read_conversations(path)]
+    return evaluate_bpc(session.model, enc, session.device)
+
+
+def evaluate_checkpoint(path=None, seed=None, per_category=200, facts=None, valid=None) -> dict:
+    """Everything `contextbot eval --json` prints, as a dict."""
+    session = ChatSession.load(path)
+    entities = load_facts(facts or DEFAULT_FACTS)
+    items = evaluate.generate(entities, seed if seed is not None else evaluate.EVAL_SEED, per_category)
+    t0 = time.perf_counter()
+    by_cat, by_dist, by_phrasing = evaluate.run(session, items)
+    ck = session.checkpoint
+    return {
+        "checkpoint": str(ck.path),
+        "sha256": ck.sha256,
+        "config": ck.config.to_dict(),
+        "step": ck.step,
+        "seed": seed if seed is not None else evaluate.EVAL_SEED,
+        "valid_bpc": round(valid_bpc(session, valid or DEFAULT_VALID), 4),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "categories": {k: {"label": label, "right": by_cat[k].right, "total": by_cat[k].total,
+                           "accuracy": round(by_cat[k].accuracy, 4),
+                           "target": "%s %.2f" % evaluate.target_for(k),
+                           "meets": evaluate.meets(k, by_cat[k].accuracy),
+                           "wrong_examples": by_cat[k].examples}
+                       for k, label in evaluate.CATEGORIES},
+        "by_distance": {str(d): {"right": r.right, "total": r.total, "accuracy": round(r.accuracy, 4)}
+                        for d, r in by_dist.items()},
+        "unseen_by_phrasing": {q: {"right": r.right, "total": r.total, "accuracy": round(r.accuracy, 4)}
+                               for q, r in by_phrasing.items()},
+        "seed_dialogue": evaluate.seed_dialogue(session),
+    }
+
+
+def print_report(r: dict, console: Console) -> None:
+    cfg = r["config"]
+    table = Table(title=f"{r['checkpoint']}  ({cfg['cell']}, {cfg['layers']}x{cfg['hidden']}, "
+                        f"step {r['step']})")
+    table.add_column("category")
+    table.add_column("right", justify="right")
+    table.add_column("of", justify="right")
+    table.add_column("accuracy", justify="right")
+    table.add_column("target", justify="right")
+    for k, c in r["categories"].items():
+        mark = "[green]✓[/]" if c["meets"] else "[red]✗[/]"
+        table.add_row(c["label"], str(c["right"]), str(c["total"]), f"{c['accuracy']:.1%}",
+                      f"{c['target']} {mark}")
+    console.print(table)
+    dist = "  ".join(f"{d}: {v['accuracy']:.0%}" for d, v in r["by_distance"].items())
+    console.print(f"accuracy by small-talk turns since the introduction: {dist}")
+    if r["unseen_by_phrasing"]:
+        console.print("unseen phrasings, one by one:")
+        for q, v in r["unseen_by_phrasing"].items():
+            console.print(f"  {v['accuracy']:>5.0%} ({v['right']}/{v['total']})  {escape(q)}", highlight=False)
+    console.print(f"validation: {r['valid_bpc']:.3f} bits per character")
+    console.print("seed dialogue:")
+    for t in r["seed_dialogue"]:
+        mark = "[green]✓[/]" if t["right"] else "[red]✗[/]"
+        # The reply is the model's: made printable (no escape sequences) and never read as markup.
+        console.print(f"  {mark} Q: {escape(visible(t['question']))}\n      A: {escape(visible(t['reply']))}",
+                      highlight=False)
+
+
+def run_eval(args) -> int:
+    r = evaluate_checkpoint(args.checkpoint, args.seed, args.per_category, args.facts, args.valid)
+    if args.json:
+        sys.stdout.write(json.dumps(r) + "\n")
+    else:
+        print_report(r, Console())
+    return 0

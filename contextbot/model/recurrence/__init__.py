@@ -1,0 +1,1 @@
+"""The recurrence: the cell's equations, once readably and several times fast."""

@@ -1,0 +1,161 @@
+import random
+
+import pytest
+import torch
+
+from contextbot import ChatSession
+from contextbot.analysis import evaluate
+from contextbot.paths import DEFAULT_FACTS
+from contextbot.text.dialogue import HELD_OUT_QUESTIONS, Turn, phrasing
+from contextbot.text.facts import load_facts
+from contextbot.chat import BatchSession
+from contextbot.text.turns import prompt
+
+
+def test_scoring_needs_the_fact_and_rejects_the_other_persons():
+    turn = Turn("Where does she live?", "She lives in Los Angeles.", "fact",
+                expected=("Los Angeles",), forbidden=("Paris",))
+    assert evaluate.is_right("She lives in Los Angeles.", turn)
+    assert evaluate.is_right("she lives in los angeles", turn)  # case does not matter
+    assert not evaluate.is_right("She lives in Paris.", turn)  # the other person's fact
+    assert not evaluate.is_right("She lives in Los Angeles and Paris.", turn)  # both: wrong
+    assert not evaluate.is_right("Who do you mean?", turn)
+
+
+def test_categories_generate_what_they_claim():
+    entities = load_facts(DEFAULT_FACTS)
+    switches_with_a_forbidden_fact = 0
+    for key, _ in evaluate.CATEGORIES:
+        rng = random.Random(0)
+        for _ in range(30):
+            item = evaluate.make_item(key, rng, entities)
+            assert item.scored and max(item.scored) < len(item.turns)
+            if key == "far":
+                assert 4 <= item.distance <= 8
+                assert all(t.kind == "small_talk" for t in item.turns[1:-1])
+            if key == "near":
+                assert 0 <= item.distance <= 3
+            if key == "stateless":
+                assert item.zero_before == item.scored
+            if key == "switch":
+                last = item.turns[-1]
+                # The earlier person's fact is forbidden unless it is the same as the new one's.
+                assert not any(f in last.expected[0] or last.expected[0] in f for f in last.forbidden)
+                switches_with_a_forbidden_fact += bool(last.forbidden)
+    assert switches_with_a_forbidden_fact >= 20
+
+
+def test_unseen_phrasings_are_scored_one_by_one(shipped_gru):
+    """Every scored turn of the unseen category is counted under the held-out phrasing it was
+    asked in, and the phrasings add up to the category."""
+    entities = load_facts(DEFAULT_FACTS)
+    rng = random.Random(3)
+    items = [evaluate.make_item("unseen", rng, entities) for _ in range(40)]
+    scores = evaluate.run(shipped_gru, items)
+    held_out = {phrasing(t) for ts in HELD_OUT_QUESTIONS.values() for t in ts}
+    assert scores.by_phrasing and set(scores.by_phrasing) <= held_out
+    unseen = scores.by_category["unseen"]
+    assert sum(r.total for r in scores.by_phrasing.values()) == unseen.total == 40
+    assert sum(r.right for r in scores.by_phrasing.values()) == unseen.right
+
+
+def test_eval_seed_differs_from_corpus_seeds():
+    assert evaluate.EVAL_SEED > 1000
+
+
+def first_difference(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def test_batched_talk_equals_chat_session(tiny_checkpoint, shipped_gru):
+    """The eval's batched talk (PyTorch's modules) says what chat (Stepper) says. Two
+    implementations round differently (another summing order, another tanh), so they may part
+    where the model is undecided: allowed only where its two best next characters are within
+    1e-3 of each other in logit, which a wrong equation would not keep to. The random tiny model
+    is full of such near-ties; the shipped GRU is not."""
+    entities = load_facts(DEFAULT_FACTS)
+    items = evaluate.generate(entities, seed=5, per_category=3)
+    convs = [[t.question for t in it.turns] for it in items]
+    zero = [it.zero_before for it in items]
+    for session in (ChatSession.load(tiny_checkpoint), shipped_gru):
+        batched = BatchSession(session).run(convs, zero)
+        parted = 0
+        for conv, z, replies in zip(convs, zero, batched):
+            session.reset()
+            for i, q in enumerate(conv):
+                if i in z:
+                    session.reset()
+                before = session.state
+                got = session.ask(q)
+                if got == replies[i]:
+                    continue
+                k = first_difference(got, replies[i])
+                with torch.inference_mode():
+                    ids = torch.tensor([session.tokenizer.encode(prompt(q) + got[:k])])
+                    top = session.model(ids, before)[0][0, -1].topk(2).values
+                assert top[0] - top[1] < 1e-3, (q, got, replies[i])
+                parted += 1
+                break  # the two states differ from here on
+        if session is shipped_gru:
+            assert parted == 0
+        session.reset()
+
+
+# -- the shipped GRU --------------------------------------------------------------------------
+
+#: The categories where the shipped GRU meets issue 3's targets (README, "How well it remembers").
+MET = ("intro", "near", "far", "switch", "two", "compound", "unknown", "nobody", "noise")
+
+
+def test_shipped_gru_is_right_nearly_always_where_it_meets_the_targets(shipped_gru):
+    """A small fixed set of fresh conversations of every category it meets: all right, and the
+    stateless comparison falls to chance."""
+    entities = load_facts(DEFAULT_FACTS)
+    items = [i for i in evaluate.generate(entities, seed=78, per_category=20)
+             if i.category in MET + ("stateless",)]
+    by_cat = evaluate.run(shipped_gru, items).by_category
+    for key in MET:
+        assert by_cat[key].accuracy >= 0.95, (key, by_cat[key].examples)
+    assert by_cat["stateless"].accuracy <= 0.05
+
+
+def assert_targets(session, target):
+    """Score `session` on 100 fresh conversations per category (a seed of its own; the eval uses
+    200) against `target(category)`, a least accuracy or None for a category only reported; the
+    stateless comparison must fall to chance."""
+    items = evaluate.generate(load_facts(DEFAULT_FACTS), seed=77, per_category=100)
+    by_cat = evaluate.run(session, items).by_category
+    for key, label in evaluate.CATEGORIES:
+        acc = by_cat[key].accuracy
+        if key == "stateless":
+            assert acc <= evaluate.STATELESS_MAX, label
+        elif target(key) is not None:
+            assert acc >= target(key), (label, by_cat[key].examples)
+
+
+def test_shipped_gru_passes_every_category(shipped_gru):
+    """Issue 3's own targets on 100 fresh conversations per category (a seed of its own; the eval
+    uses 200). Twenty were too few: a checkpoint at 96% on two people passed them by luck."""
+    assert_targets(shipped_gru, lambda key: evaluate.TARGETS.get(key, evaluate.DEFAULT_TARGET))
+
+
+def test_shipped_lstm_meets_its_target_on_every_category(shipped_lstm):
+    """The shipped LSTM is held to less than the GRU (issue 3): 95% on every category but the
+    unseen phrasings, which are only reported; 100 fresh conversations per category, as above."""
+    assert_targets(shipped_lstm, lambda key: None if key == "unseen" else evaluate.LSTM_TARGET)
+
+
+def test_shipped_gru_seed_dialogue_is_right_at_every_turn(shipped_gru):
+    turns = evaluate.seed_dialogue(shipped_gru)
+    assert all(t["right"] for t in turns), turns
+
+
+def test_stateless_shipped_gru_gets_the_seed_pronoun_questions_wrong(shipped_gru):
+    shipped_gru.carry = False
+    try:
+        for q, expected in evaluate.SEED_DIALOGUE[2:]:
+            reply = shipped_gru.ask(q)
+            assert not any(x.lower() in reply.lower() for x in expected), (q, reply)
+    finally:
+        shipped_gru.carry = True
+        shipped_gru.reset()
