@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 #   make test TORCH_SPEC='torch==2.13.0 --index-url ...'
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
-# Steps that fit in 15 minutes on a 2-core machine (measured: README, "Three cells"). The RNN's
+# Steps that fit in 15 minutes on a 2-core machine (measured: docs/experiments.md). The RNN's
 # shipped checkpoint is 4200 steps (10.5 minutes); 5400 fit in 13.4 minutes, and were no better.
-# The LSTM's learning rate, chrono fraction and chunk length are its own defaults (train.py,
-# CELL_DEFAULTS); like the GRU it takes 16 streams a step and one warm restart: 4000 steps, then
+# The LSTM's learning rate, chrono fraction and chunk length are its own defaults (CELL_RECIPES in
+# contextbot/train/options.py); like the GRU it takes 16 streams a step and one warm restart: 4000 steps, then
 # --resume to 16500, which took 13.7 minutes here at full speed (the shipped one 15.1, on a slower
 # stretch of this VM). Its legs have no time limit: a leg cut short would stop before its learning
 # rate had decayed, and would not give the shipped model again.
@@ -32,11 +32,14 @@ $(STAMP): pyproject.toml
 chat: $(STAMP)
 	$(BIN)/contextbot chat
 
+# The quick suite (not the tests marked slow). `make test PYTEST_ARGS='-m "not slow and not shipped"'`
+# also leaves out the shipped checkpoints' tests, for a developer who is changing the model.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# Everything, slow tests included: what CI runs (.ci/run).
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m ''
+	$(BIN)/python -m pytest -q -m '' $(PYTEST_ARGS)
 
 # The three shipped checkpoints, from the shipped corpus, one after another (each uses both
 # cores; their training times are in README's results table). The GRU is the default recipe
@@ -51,19 +54,22 @@ checkpoints: $(STAMP)
 	$(BIN)/contextbot train --steps $(LSTM_STEPS) --resume --out checkpoints/lstm.safetensors
 	$(BIN)/contextbot train --cell rnn --steps $(RNN_STEPS) --minutes 15 --out checkpoints/rnn.safetensors
 
-# README's table "How well it remembers": eval over the three shipped checkpoints.
+# Eval over the three shipped checkpoints: writes docs/results.json, the full table in
+# docs/results.md and the short one in README.md (between the results markers).
 results: $(STAMP)
-	$(BIN)/python -m contextbot.results
+	$(BIN)/python -m contextbot.analysis.results
 
-# The README's figures ("What the state remembers"), from the shipped checkpoints.
+# The figures, from the shipped checkpoints: README's screenshot of the chat (docs/ui.svg) and
+# the three figures of docs/inspecting.md (`contextbot inspect`).
 FIGURE_CELLS := gru lstm rnn
 figures: $(STAMP)
 	mkdir -p docs
+	$(BIN)/python -m contextbot.ui.screenshot docs/ui.svg
 	$(BIN)/contextbot inspect --checkpoint checkpoints/gru.safetensors --plot docs/seed-dialogue.png
 	$(BIN)/contextbot inspect --checkpoint checkpoints/gru.safetensors --units 'Megan Fox' --plot docs/units-megan-fox.png
 	$(BIN)/contextbot inspect --probe $(foreach c,$(FIGURE_CELLS),$(if $(wildcard checkpoints/$(c).safetensors),--checkpoint checkpoints/$(c).safetensors)) --plot docs/probe.png
 
-# Speed and memory (README, "Performance"): writes docs/bench.json and README's table.
+# Speed and memory: writes docs/bench.json and the table in docs/performance.md.
 # `make bench BENCH_ARGS=--quick` for a short run that writes nothing.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

@@ -1,15 +1,17 @@
-"""`make bench` (`python -m benchmarks`): every speed and memory figure of README, in one run.
+"""`make bench` (`python -m benchmarks`): every speed and memory figure of the project, in one run.
 
-    python -m benchmarks                 # all of it; writes docs/bench.json and README's table
+    python -m benchmarks                 # all of it; writes docs/bench.json and docs/performance.md
     python -m benchmarks --quick         # shorter runs, skips time to accuracy; writes nothing
     python -m benchmarks --only chat     # one part (training, accuracy, chat, memory); the
                                          # others keep their last figures in docs/bench.json
     python -m benchmarks --only accuracy --batch 32   # time to accuracy at another batch;
                                          # writes nothing (it is not the default recipe)
 
-The figures land in docs/bench.json (with the machine they were measured on) and in README's
-Performance table, between `<!-- bench:start -->` and `<!-- bench:end -->`, so every number in
-README comes from this command.
+The figures land in docs/bench.json (with the machine they were measured on and the date) and,
+as a Markdown table, in docs/performance.md between `<!-- bench:start -->` and
+`<!-- bench:end -->`, so every speed or memory number in the docs comes from this command.
+The table is rewritten only when docs/bench.json holds all four parts; `markdown(r)` builds it
+from a results dict, so the table can be rewritten from docs/bench.json without measuring again.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from contextbot.analysis.results import machine as results_machine
 from . import accuracy, chat, memory, training
 
 PARTS = ("training", "accuracy", "chat", "memory")
-README = REPO / "README.md"
+PAGE = REPO / "docs" / "performance.md"  # holds the bench block
 OUT = REPO / "docs" / "bench.json"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
@@ -90,20 +92,23 @@ def table(r: dict) -> Table:
 
 
 def markdown(r: dict) -> str:
+    """The bench block of docs/performance.md: where and when it was measured, then the table."""
     lines = [f"Measured by `make bench` on {r['machine']}, {r['date']}.", "",
              "| what | measured | target |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows(r)]
     return "\n".join(lines)
 
 
-def write_readme(r: dict) -> bool:
-    """Replace README's bench block; False if README has no such block."""
-    text = README.read_text(encoding="utf-8")
+def write_page(r: dict) -> bool:
+    """Replace the bench block of docs/performance.md; False if the page or its block is missing."""
+    if not PAGE.exists():
+        return False
+    text = PAGE.read_text(encoding="utf-8")
     if START not in text or END not in text:
         return False
     new = re.sub(re.escape(START) + ".*?" + re.escape(END),
                  lambda _: f"{START}\n{markdown(r)}\n{END}", text, flags=re.S)
-    write_atomic(README, new.encode("utf-8"))
+    write_atomic(PAGE, new.encode("utf-8"))
     return True
 
 
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, (json.dumps(r, indent=1) + "\n").encode("utf-8"))
     if not args.json and all(part in r for part in PARTS):
-        console.print("README updated" if write_readme(r) else "README has no bench block")
+        page = PAGE.relative_to(REPO)
+        console.print(f"{page} updated" if write_page(r) else f"{page} has no bench block")
     return 0
 
 

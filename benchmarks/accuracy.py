@@ -15,10 +15,11 @@ from pathlib import Path
 from rich.console import Console
 
 from contextbot.analysis import evaluate
+from contextbot.chat import ChatSession
 from contextbot.paths import DEFAULT_FACTS
 from contextbot.text.facts import load_facts
-from contextbot.chat import ChatSession
-from contextbot.train.loop import TrainOptions, train
+from contextbot.train.loop import train
+from contextbot.train.options import TrainOptions
 
 
 def near_items(n: int) -> list[evaluate.Item]:
@@ -30,7 +31,7 @@ def near_items(n: int) -> list[evaluate.Item]:
 def run(target: float = 0.99, minutes: float = 15.0, every: int = 50, items: int = 200,
         batch: int | None = None) -> dict:
     """Train until the 0-3-turns category reaches `target`; report the curve and the time.
-    `batch` replaces the recipe's streams per step (the comparison in README, "Training")."""
+    `batch` replaces the recipe's streams per step (the comparison in docs/experiments.md)."""
     conversations = near_items(items)
     curve: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:

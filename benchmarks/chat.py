@@ -18,8 +18,8 @@ import time
 import torch
 
 from contextbot.analysis.evaluate import SEED_DIALOGUE
-from contextbot.chat import ChatSession, _call
-from contextbot.text.turns import prompt
+from contextbot.chat import ChatSession
+from contextbot.text.turns import prompt, reply
 
 TYPICAL = [q for q, _ in SEED_DIALOGUE] + ["Who is Tom Cruise?", "Where does he live?",
                                            "Thanks!", "What is her profession?"]
@@ -72,7 +72,7 @@ def refeed_turn(session: ChatSession, history: str, question: str) -> float:
     session.reset()
     if history:
         ids = torch.tensor([session.tokenizer.encode(history)])
-        _, session.state = _call(session.model, ids, session.state)
+        _, session.state = session.model.forward_small(ids, session.state)
     session.ask(question)
     return time.perf_counter() - start
 
@@ -94,7 +94,7 @@ def turn_scaling(session: ChatSession, at: tuple[int, ...] = CHECKPOINTS_AT, rep
         q = TYPICAL[(t - 1) % len(TYPICAL)]
         if t in at:
             saved[t] = (session.state, session.chars_seen, "".join(history), q)
-        history.append(prompt(q) + session.ask(q) + "\n")
+        history.append(prompt(q) + reply(session.ask(q)))
     final = (session.state, session.chars_seen)
     carried: dict[int, list[float]] = {n: [] for n in at}
     for _ in range(repeats):

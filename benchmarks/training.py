@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from contextbot.model.network import ModelConfig, RecurrentLM
-from contextbot.train.loop import TrainOptions, train
+from contextbot.train.loop import train
+from contextbot.train.options import TrainOptions
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -134,8 +135,7 @@ def run(quick: bool = False) -> dict:
     """All training-throughput figures at the default recipe's sizes."""
     o = TrainOptions()
     summary = contextbot_train(15 if quick else 60)
-    c = ModelConfig(vocab_size=summary["config"]["vocab_size"], cell=o.cell, embed=o.embed,
-                    hidden=o.hidden, layers=o.layers, referents=summary["config"]["referents"])
+    c = o.model_config(summary["config"]["vocab_size"], summary["config"]["referents"])
     seq = o.seq_len if o.seq_len else 600  # whole conversations: about 600 characters each
     roof = roofline(c, o.batch, seq)
     tut = tutorial_loop(c, o.batch, seq, 1 if quick else 3)

@@ -9,32 +9,35 @@ This is the API every tool uses (the CLI, the terminal UI, the evaluation, the i
     s.reset()                            # forget: the state a training conversation starts from
     s.carry = False                      # every turn from a zeroed state: the stateless comparison
 
-A turn feeds `Q: {text}\\nA: ` on top of the carried state, then generates one token at a time
-until the end of the line, and feeds that newline too, so the bot's own reply becomes part of what
-it remembers. Both go through `Stepper`, the recurrence written out for one conversation; a greedy
-turn (temperature 0, the default) runs all of it in one compiled call, then streams the reply.
-The model itself is stateless; the session owns the state.
+A turn follows the protocol of text/turns.py (`turns.drive`): feed the prompt `Q: {text}\\nA: `
+on top of the carried state, generate one token at a time until the end of the line, and feed
+that newline too, so the bot's own reply becomes part of what it remembers. The recurrence is
+`Stepper`'s, written out for one conversation. A sampled turn (temperature > 0) drives it a token
+at a time; a greedy turn (temperature 0, the default) computes the whole turn in one compiled call
+(`Stepper.answer`) and then replays it through the same driver, so that both stream, and stop
+early, alike. `BatchSession` is the protocol's batched fast path, for the evaluation. The model
+itself is stateless; the session owns the state.
 """
 
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_sequence, pad_packed_sequence
 
 from .model import checkpoint
 from .model.network import State, layer_norms, mask_state
 from .model.recurrence import reference as gates
-from .model.recurrence.stepper import Stepper
+from .model.recurrence.stepper import Answer, Stepper
 from .paths import default_checkpoint
-from .text.turns import PROMPT_EXTRA, prompt
+from .text.turns import END_PART, MAX_REPLY, PROMPT_EXTRA, PROMPT_PART, REPLY_PART, drive, prompt
 
 MAX_QUESTION = 1000  # characters; longer input is refused
-MAX_REPLY = 300  # tokens; a reply stops here even without a newline
+# MAX_REPLY (text/turns.py): tokens; a reply stops there even without a newline. Read from this
+# module at every turn, so a test or a tool may set chat.MAX_REPLY.
 
 
 class StreamStep(NamedTuple):
@@ -109,82 +112,60 @@ class ChatSession:
 
     def stream(self, text: str) -> Iterator[StreamStep]:
         """One turn, yielding each character of the reply with the state's norms after it. (A
-        greedy turn computes the whole reply before its first character is yielded: a
-        millisecond; a sampled one, a character at a time.)
+        greedy turn computes the whole reply before its first character is yielded; a sampled
+        one, a character at a time.)
 
         The question is validated here, before anything is fed, so a refused question raises
         ValueError at once and leaves the state untouched. Stopping the iteration early (a UI's
-        Escape) still leaves a consistent state: the newline is fed in the `finally` clause.
+        Escape) still leaves a consistent state: the state after the characters shown, then the
+        newline (`turns.drive` feeds it however the turn ends).
         """
         return self._generate(clean_question(text))
 
     def _generate(self, question: str) -> Iterator[StreamStep]:
         # No torch.inference_mode() here: Stepper runs no autograd-tracked operation, and the
-        # decorator would re-enter the mode at every yield, ~10 µs per character.
+        # decorator would re-enter the mode at every yield.
         if not self.carry:
             self.reset()
-        yield from (self._greedy(question) if self.temperature <= 0 else self._sampled(question))
+        limit = MAX_REPLY
+        if self.temperature <= 0:
+            replay = _Replay(self, limit)
+            feed, pick, norms = replay.feed, replay.pick, replay.norms
+        else:
+            feed, pick, norms = self._feed, self._pick, self.norms
 
-    def _greedy(self, question: str) -> Iterator[StreamStep]:
-        """A greedy turn: the whole reply is computed in one compiled call (Stepper.answer),
-        then streamed. The state advances with each token handed out, so a reader that stops
-        part-way leaves the state after what it was shown, then the newline, as `_sampled` does."""
-        tok = self.tokenizer
-        answer = self._stepper.answer(tok.encode(prompt(question)), self.state, MAX_REPLY,
-                                      tok.line_end_ids, tok.newline_id)
-        self.state = answer.state(-1)
-        self.chars_seen += len(question) + PROMPT_EXTRA
-        decoder = tok.decoder()
-        finished = False
-        try:
-            for i, nxt in enumerate(answer.tokens):
-                self._last = (self.state, nxt)
-                self.state = answer.state(i)
-                text_piece = decoder.push(nxt)
-                self.chars_seen += len(text_piece)
-                norms = answer.norms(i)
-                for ch in text_piece:
-                    yield StreamStep(ch, norms)
-            for ch in decoder.flush():
-                yield StreamStep(ch, layer_norms(self.state))
-            finished = True
-        finally:
-            # The reply's newline is part of the conversation, as it was in training. Answer
-            # has fed it already after the whole reply; a reader that stopped early needs it now.
-            if finished:
-                self.state = answer.after_turn
-            else:
-                _, self.state = self._stepper.step(tok.newline_id, self.state)
-            self.chars_seen += 1
+        def feed_and_count(tokens: Sequence[int], part: str):
+            logits = feed(tokens, part)
+            if part == PROMPT_PART:
+                self.chars_seen += len(question) + PROMPT_EXTRA
+            elif part == END_PART:
+                self.chars_seen += 1  # the reply's characters are counted as they are shown
+            return logits
 
-    def _sampled(self, question: str) -> Iterator[StreamStep]:
-        """A sampled turn (temperature > 0), one step per token: the sampler is Python's."""
-        tok = self.tokenizer
-        logits, self.state = self._stepper.feed(tok.encode(prompt(question)), self.state)
-        self.chars_seen += len(question) + PROMPT_EXTRA
-        decoder = tok.decoder()
+        turn = drive(self.tokenizer, question, feed_and_count, pick, limit)
         try:
-            for _ in range(MAX_REPLY):
-                nxt = self._pick(logits)
-                if nxt in tok.line_end_ids:
-                    break
-                self._last = (self.state, nxt)
-                logits, self.state = self._stepper.step(nxt, self.state)
-                text_piece = decoder.push(nxt)
-                self.chars_seen += len(text_piece)
-                norms = layer_norms(self.state)
-                for ch in text_piece:
-                    yield StreamStep(ch, norms)
-            for ch in decoder.flush():
-                yield StreamStep(ch, layer_norms(self.state))
+            for token, text in turn:
+                if token is None:  # the rest of a character left incomplete at the reply's end
+                    after = layer_norms(self.state)
+                else:
+                    self.chars_seen += len(text)
+                    after = norms()
+                for ch in text:
+                    yield StreamStep(ch, after)
         finally:
-            # The reply's newline is part of the conversation, as it was in training.
-            _, self.state = self._stepper.step(tok.newline_id, self.state)
-            self.chars_seen += 1
+            turn.close()  # a reader that stopped early: the driver feeds the newline now
+
+    def _feed(self, tokens: Sequence[int], part: str) -> torch.Tensor:
+        """`drive`'s feed for a sampled turn: the tokens through Stepper, on top of the state."""
+        if part == REPLY_PART:
+            self._last = (self.state, tokens[0])
+        logits, self.state = self._stepper.feed(tokens, self.state)
+        return logits
 
     def trace_last(self) -> "gates.StepTrace | None":
         """Recompute the last generated character by hand from the layer weights, returning its
-        gates (see `contextbot.gates`). None before the first generated character."""
+        gates (see `contextbot.model.recurrence.reference`). None before the first generated
+        character."""
         if self._last is None:
             return None
         return gates.step(self.model, self._last[1], self._last[0])
@@ -198,13 +179,50 @@ class ChatSession:
         return int(torch.multinomial(logits.softmax(-1), 1, generator=self.generator))
 
 
+class _Replay:
+    """A greedy turn for `drive`: `Stepper.answer` computes the whole turn in one compiled call
+    when the prompt is fed (the fast path); then `pick` hands out its tokens one by one and `feed`
+    moves the session to the state `answer` kept after each. So a greedy reply streams, and a
+    reader that stops early leaves the state after what it was shown, as a sampled one does."""
+
+    def __init__(self, session: ChatSession, limit: int):
+        self.session, self.limit = session, limit
+        self.answer: Answer | None = None
+        self.shown = 0  # tokens of the reply fed so far
+
+    def feed(self, tokens: Sequence[int], part: str) -> None:
+        s, tok = self.session, self.session.tokenizer
+        if part == PROMPT_PART:
+            self.answer = s._stepper.answer(tokens, s.state, self.limit, tok.line_end_ids, tok.newline_id)
+            s.state = self.answer.state(-1)
+        elif part == REPLY_PART:
+            s._last = (s.state, tokens[0])
+            s.state = self.answer.state(self.shown)
+            self.shown += 1
+        elif self.shown == len(self.answer.tokens):
+            s.state = self.answer.after_turn  # `answer` fed the newline after the whole reply
+        else:
+            s._feed(tokens, part)  # the reader stopped early: the newline after what it saw
+
+    def pick(self, _logits) -> int:
+        """The answer's next token; once it is over, the newline (which ends the reply)."""
+        tokens = self.answer.tokens
+        return tokens[self.shown] if self.shown < len(tokens) else self.session.tokenizer.newline_id
+
+    def norms(self) -> tuple[float, ...]:
+        """‖h‖ per layer after the last token fed, as `answer` computed it."""
+        return self.answer.norms(self.shown - 1)
+
+
 class BatchSession:
     """Many independent conversations at once, for evaluation: the same protocol as ChatSession
-    (greedy), but every turn of every conversation advances together in batched calls.
+    (greedy; text/turns.py), but every turn of every conversation advances together in batched
+    calls: a fast path of the protocol, held to ChatSession by tests/analysis/test_evaluate.py.
 
-    Prompts of different lengths go through the RNN as one packed sequence, which returns each
-    conversation's state after its own last character; replies are generated one token per call
-    for the whole batch, and a conversation that has finished its line keeps its state.
+    Prompts of different lengths go through the model in one call (`RecurrentLM.forward_packed`),
+    which returns each conversation's state after its own last character; replies are generated
+    one token per call for the whole batch, and a conversation that has finished its line keeps
+    its state; then every conversation is fed its newline.
     """
 
     def __init__(self, session: ChatSession):
@@ -228,12 +246,7 @@ class BatchSession:
                 sub = mask_state(sub, keep)
             prompts = [torch.tensor(tok.encode(prompt(clean_question(conversations[b][turn]))),
                                     device=self.device) for b in active]
-            packed = pack_sequence(prompts, enforce_sorted=False)
-            out, sub = model.rnn(PackedSequence(
-                model.embedding(packed.data), packed.batch_sizes, packed.sorted_indices,
-                packed.unsorted_indices), sub)
-            last = _last_outputs(out)
-            logits = model.head(last)  # (active, vocab)
+            logits, sub = model.forward_packed(prompts, sub)  # (active, vocab)
             generated: list[list[int]] = [[] for _ in active]
             done = torch.zeros(len(active), dtype=torch.bool, device=self.device)
             for _ in range(MAX_REPLY):
@@ -241,16 +254,16 @@ class BatchSession:
                 done |= torch.isin(nxt, line_ends)
                 if bool(done.all()):
                     break
-                # One copy to the host per step: int(nxt[i]) for each conversation was a device
-                # sync each on a GPU (six evals there did not finish in six minutes).
+                # One copy to the host per step: int(nxt[i]) for each conversation would be a
+                # device sync each on a GPU.
                 for i, (token, finished) in enumerate(zip(nxt.tolist(), done.tolist())):
                     if not finished:
                         generated[i].append(token)
-                step_logits, new = _call(model, nxt.view(-1, 1), sub)
+                step_logits, new = model.forward_small(nxt.view(-1, 1), sub)
                 sub = _blend(new, sub, ~done)
                 logits = step_logits[:, -1]
             newline = torch.full((len(active), 1), tok.newline_id, device=self.device)
-            _, sub = _call(model, newline, sub)
+            _, sub = model.forward_small(newline, sub)
             if isinstance(state, tuple):
                 for s, v in zip(state, sub):
                     s[:, idx] = v
@@ -259,24 +272,6 @@ class BatchSession:
             for i, b in enumerate(active):
                 replies[b].append(tok.decode(generated[i]))
         return replies
-
-
-def _call(model, tokens: torch.Tensor, state: State):
-    """One forward call for chat-sized inputs. PyTorch's oneDNN LSTM kernel costs milliseconds
-    per call on a single token (measured: 4 ms at 1x256, against 0.1 ms without it), so it is
-    switched off around these small calls; the results are the same."""
-    enabled = torch._C._get_mkldnn_enabled()  # the public flags() also resets TF32 and warns
-    torch._C._set_mkldnn_enabled(False)
-    try:
-        return model(tokens, state)
-    finally:
-        torch._C._set_mkldnn_enabled(enabled)
-
-
-def _last_outputs(packed_out) -> torch.Tensor:
-    """The output at each sequence's last step, in the original order, from a packed output."""
-    padded, lengths = pad_packed_sequence(packed_out, batch_first=True)
-    return padded[torch.arange(len(lengths)), lengths - 1]
 
 
 def _blend(new: State, old: State, keep: torch.Tensor) -> State:

@@ -4,12 +4,39 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from .errors import ContextbotError
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (plus a pointer to --help), not a usage dump."""
+    """argparse, but a bad flag is one line (plus a pointer to --help), not a usage dump.
+
+    `flags`, if given, adds the parser's flags the first time they are needed (to parse, or to
+    show help or usage): `contextbot train`'s come from TrainOptions, which loads PyTorch, and
+    the other commands should not wait for that.
+    """
+
+    def __init__(self, *args, flags: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._flags = flags
+
+    def _add_flags(self) -> None:
+        if self._flags is not None:
+            add, self._flags = self._flags, None
+            add(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._add_flags()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._add_flags()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._add_flags()
+        return super().format_help()
 
     def error(self, message: str):
         raise ContextbotError(f"{message} (see '{self.prog} --help')")
@@ -20,33 +47,7 @@ def build_parser() -> Parser:
                "'he' and 'she' mean across chat turns.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
-    t = sub.add_parser("train", help="train a model on a corpus")
-    t.add_argument("--corpus", help="training corpus (default: corpus/train.txt)")
-    t.add_argument("--valid", help="validation corpus (default: corpus/valid.txt; 'none' to skip)")
-    t.add_argument("--out", required=True, help="checkpoint to write (PATH.safetensors)")
-    t.add_argument("--cell", choices=["rnn", "gru", "lstm"], help="recurrent cell (default gru)")
-    t.add_argument("--hidden", type=int, help="hidden units per layer (default 256)")
-    t.add_argument("--layers", type=int, help="recurrent layers (default 1)")
-    t.add_argument("--embed", type=int, help="embedding size (default 64)")
-    t.add_argument("--dropout", type=float, help="dropout (default 0)")
-    t.add_argument("--batch", type=int, help="parallel streams per step (default 16; RNN 32)")
-    t.add_argument("--seq-len", type=int, help="characters per BPTT chunk (default 192; LSTM 128, RNN 256; 0 = whole conversations)")
-    t.add_argument("--lr", type=float, help="peak learning rate (default 3e-3; LSTM 4e-3)")
-    t.add_argument("--chrono-tmax", type=float, help="chrono initialisation of the gate biases, in characters (default 400; 0 = off)")
-    t.add_argument("--chrono-fraction", type=float, help="share of units given chrono initialisation (default 1; LSTM 0.5)")
-    t.add_argument("--chrono-spread", choices=["log", "uniform"], help="memory times log-uniform over octaves (default) or uniform as in the paper")
-    t.add_argument("--answer-weight", type=float, help="loss weight of answer characters (default 3)")
-    t.add_argument("--referent-weight", type=float, help="weight of the auxiliary loss: who 'he' and 'she' mean, read off the state (default 1; 0 = off)")
-    t.add_argument("--facts", help="facts file that names the people for --referent-weight (default: facts.json beside --corpus)")
-    t.add_argument("--steps", type=int, help="stop after this many steps (default 4000)")
-    t.add_argument("--minutes", type=float, help="stop after this many minutes, whichever comes first")
-    t.add_argument("--seed", type=int, help="random seed (default 0): same seed, same model on CPU")
-    t.add_argument("--checkpoint-every", type=int, help="write the checkpoint every N steps (default 250)")
-    t.add_argument("--eval-every", type=int, help="validate every N steps (default 500)")
-    t.add_argument("--resume", action="store_true", help="continue from --out's step, optimizer and RNG")
-    t.add_argument("--tokenizer", choices=["char", "bpe", "unigram"], help="tokenizer (default char)")
-    t.add_argument("--vocab-size", type=int, help="vocabulary size for bpe/unigram (default 2000)")
-    t.add_argument("--json", action="store_true", help="print a JSON summary on stdout at the end")
+    sub.add_parser("train", help="train a model on a corpus", flags=_train_flags)
 
     a = sub.add_parser("ask", help="ask questions; each argument is one turn of one conversation")
     a.add_argument("questions", nargs="*", metavar="QUESTION")
@@ -94,13 +95,18 @@ def build_parser() -> Parser:
     return p
 
 
+def _train_flags(parser: argparse.ArgumentParser) -> None:
+    """`contextbot train`'s flags: one for each field of TrainOptions, with its help and default."""
+    from .train.options import add_flags
+    add_flags(parser)
+
+
 def cmd_train(args) -> int:
     from .files import check_writable
-    from .train.loop import main_json, options_from_args, train
+    from .train.loop import main_json, train
+    from .train.options import from_args
     check_writable(args.out)  # now, not when the first checkpoint is written
-    o = options_from_args(args)
-    if args.valid == "none":
-        o.valid = None
+    o = from_args(args)
     summary = train(o)
     if o.json and summary is not None:  # under torchrun, only rank 0 has a summary to print
         main_json(summary)

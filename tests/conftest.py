@@ -1,20 +1,39 @@
-"""Shared fixtures: tiny models built in the test (for mechanics) and the shipped checkpoint
-(for the trained model's behaviour)."""
+"""Shared builders and fixtures: tiny models built in the test (for mechanics) and the shipped
+checkpoints (for the trained model's behaviour).
+
+Every test that needs a shipped checkpoint carries the `shipped` marker: the fixtures below add it
+to any test that uses them, and tests that name a shipped file directly say so with
+`@pytest.mark.shipped`. A developer who is changing the model, and so the checkpoints, runs the
+rest with `pytest -m "not slow and not shipped"`.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from contextbot.cli import main
 from contextbot.model import checkpoint
 from contextbot.model.network import ModelConfig, RecurrentLM
+from contextbot.paths import CHECKPOINTS
 from contextbot.text.tokenizer import Tokenizer
 
-REPO = Path(__file__).resolve().parent.parent
-SHIPPED_GRU = REPO / "checkpoints" / "gru.safetensors"
-SHIPPED_LSTM = REPO / "checkpoints" / "lstm.safetensors"
+SHIPPED_GRU = CHECKPOINTS / "gru.safetensors"
+SHIPPED_LSTM = CHECKPOINTS / "lstm.safetensors"
+#: Fixtures that hand a test a shipped checkpoint: using one marks the test `shipped`.
+SHIPPED_FIXTURES = {"shipped", "shipped_gru", "shipped_lstm"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SHIPPED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.shipped)
 
 TINY_CORPUS = """Q: Who is Tom Cruise?
 A: He is an American actor.
@@ -82,6 +101,14 @@ def _load_shipped(path: Path):
     return ChatSession.load(path)
 
 
+@pytest.fixture
+def shipped() -> Path:
+    """The path of the shipped GRU checkpoint (for tests that load it their own way)."""
+    if not SHIPPED_GRU.exists():
+        pytest.fail(f"the shipped checkpoint {SHIPPED_GRU} is missing")
+    return SHIPPED_GRU
+
+
 @pytest.fixture(scope="session")
 def shipped_gru():
     return _load_shipped(SHIPPED_GRU)
@@ -90,3 +117,27 @@ def shipped_gru():
 @pytest.fixture(scope="session")
 def shipped_lstm():
     return _load_shipped(SHIPPED_LSTM)
+
+
+# -- running the command line ----------------------------------------------------------------
+ENV = os.environ | {"OMP_NUM_THREADS": "1", "COLUMNS": "400"}  # COLUMNS: see test_ctrl_c_...
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """Run `contextbot ARGV` in this process: (exit code, stdout, stderr)."""
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc: int, err: str, match: str = "") -> None:
+    assert rc == 2, err
+    assert err.startswith("contextbot: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert re.search(match, err), (match, err)
+
+
+def run(*argv, **kw) -> subprocess.CompletedProcess:
+    """Run `contextbot ARGV` as a real process."""
+    return subprocess.run([sys.executable, "-m", "contextbot", *map(str, argv)], capture_output=True,
+                          text=True, env=ENV, timeout=300, **kw)

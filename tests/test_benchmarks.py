@@ -1,5 +1,5 @@
 """The benchmarks' mechanics (`make bench`): FLOP counts, the time-to-accuracy hook, the turn
-scaling, the RSS measurement and README's table. No timings are asserted: speed is measured by
+scaling, the RSS measurement and the table of docs/performance.md. No timings are asserted: speed is measured by
 `make bench`, never by a unit test."""
 
 import sys
@@ -47,29 +47,48 @@ def test_peak_rss_does_not_count_a_large_benchmark_process():
     assert out.strip() == "ok" and rss < 100 * 2 ** 20 and len(ballast)
 
 
-def test_readme_block_is_rewritten_from_the_results(tmp_path, monkeypatch):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{bench.START}\nold\n{bench.END}\nrest\n", encoding="utf-8")
-    monkeypatch.setattr(bench, "README", readme)
+def test_performance_page_block_is_rewritten_from_the_results(tmp_path, monkeypatch):
+    page = tmp_path / "performance.md"
+    page.write_text(f"intro\n{bench.START}\nold\n{bench.END}\nrest\n", encoding="utf-8")
+    monkeypatch.setattr(bench, "PAGE", page)
     r = {"machine": "test box", "date": "2026-01-01",
          "chat": {"latency": {"median_ms": 0.9, "p95_ms": 1.5, "first_char_median_ms": 0.2,
                               "chars_per_sec": 40000, "ms_per_step": 0.018},
                   "turns": [{"turn": 1, "history_chars": 0, "carried_ms": 1.0, "refeed_ms": 1.0}],
                   "last_over_first": 1.0}}
-    assert bench.write_readme(r)
-    text = readme.read_text(encoding="utf-8")
+    assert bench.write_page(r)
+    text = page.read_text(encoding="utf-8")
     assert "old" not in text and "test box" in text and "0.90 / 1.50 ms" in text and "18.0 µs/char" in text
     assert text.startswith("intro\n") and text.endswith("rest\n")
 
 
-def test_readme_has_the_bench_block():
-    text = bench.README.read_text(encoding="utf-8")
+def test_a_page_without_the_block_is_left_alone(tmp_path, monkeypatch):
+    page = tmp_path / "performance.md"
+    page.write_text("no block here\n", encoding="utf-8")
+    monkeypatch.setattr(bench, "PAGE", page)
+    assert not bench.write_page({"machine": "test box", "date": "2026-01-01"})
+    assert page.read_text(encoding="utf-8") == "no block here\n"
+    monkeypatch.setattr(bench, "PAGE", tmp_path / "missing.md")
+    assert not bench.write_page({"machine": "test box", "date": "2026-01-01"})
+
+
+def test_performance_page_has_the_bench_block():
+    assert bench.PAGE == bench.REPO / "docs" / "performance.md"
+    text = bench.PAGE.read_text(encoding="utf-8")
     assert bench.START in text and bench.END in text
+
+
+def test_performance_page_table_is_what_bench_writes_from_bench_json():
+    """The committed table is exactly what `make bench` would write from docs/bench.json."""
+    import json
+    text = bench.PAGE.read_text(encoding="utf-8")
+    block = text.split(bench.START, 1)[1].split(bench.END, 1)[0]
+    assert block.strip() == bench.markdown(json.loads(bench.OUT.read_text(encoding="utf-8")))
 
 
 def test_time_to_accuracy_at_another_batch_writes_nothing(monkeypatch):
     """`--batch N` measures a recipe that is not the default: its figure is shown, never written
-    over the default's in docs/bench.json or README."""
+    over the default's in docs/bench.json or docs/performance.md."""
     seen = {}
 
     def fake_run(minutes, batch):

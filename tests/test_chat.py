@@ -1,13 +1,22 @@
 """ChatSession mechanics on a tiny model, and the shipped checkpoint's behaviour."""
 
+import gc
+import os
+import random
+import statistics
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from contextbot import ChatSession
 from contextbot.chat import MAX_QUESTION, MAX_REPLY, clean_question
+from contextbot.text.turns import END_PART, PROMPT_PART, REPLY_PART, drive, prompt
+
+from .conftest import SHIPPED_GRU
 
 
 def test_ask_feeds_the_question_and_the_reply_into_the_state(tiny_checkpoint):
@@ -18,9 +27,69 @@ def test_ask_feeds_the_question_and_the_reply_into_the_state(tiny_checkpoint):
     assert not torch.equal(s.state, zero)
     # The state after a turn is exactly: zero state + prompt + reply + newline, fed in one call.
     tok, m = s.tokenizer, s.model
-    ids = tok.encode("Q: Who is Tom Cruise?\nA: ") + tok.encode(reply) + [tok.newline_id]
+    ids = tok.encode(prompt("Who is Tom Cruise?")) + tok.encode(reply) + [tok.newline_id]
     _, expected = m(torch.tensor([ids]))
     torch.testing.assert_close(s.state, expected)
+
+
+def module_turn(model, question, tok, state, stop_after=None):
+    """One turn through `turns.drive` with PyTorch's module and an argmax: the protocol by itself.
+    Returns (reply, state after the turn, the parts fed in order)."""
+    parts = []
+
+    def feed(tokens, part):
+        nonlocal state
+        parts.append(part)
+        logits, state = model(torch.tensor([list(tokens)]), state)
+        return logits[0, -1]
+
+    reply = ""
+    turn = drive(tok, question, feed, lambda logits: int(logits.argmax()), MAX_REPLY)
+    for n, (_, text) in enumerate(turn, 1):
+        reply += text
+        if n == stop_after:
+            turn.close()  # a reader that stops early
+            break
+    return reply, state, parts
+
+
+def test_the_turn_driver_gives_what_a_session_gives(tiny_checkpoint):
+    """The protocol written once (turns.drive) with the module: the same reply and state as
+    ChatSession.ask (Stepper, its greedy fast path); and a turn stopped early still ends with the
+    newline, after what was shown."""
+    s = ChatSession.load(tiny_checkpoint)
+    tok, model = s.tokenizer, s.model
+    want = s.ask("Who is Tom Cruise?")
+    with torch.inference_mode():
+        reply, state, parts = module_turn(model, "Who is Tom Cruise?", tok, None)
+    assert reply == want
+    torch.testing.assert_close(state, s.state, atol=1e-5, rtol=1e-5)
+    assert parts == [PROMPT_PART] + [REPLY_PART] * len(tok.encode(reply)) + [END_PART]
+
+    with torch.inference_mode():
+        shown, state, parts = module_turn(model, "Who is Tom Cruise?", tok, None, stop_after=2)
+        _, expected = model(torch.tensor([tok.encode(prompt("Who is Tom Cruise?") + shown + "\n")]))
+    assert shown == want[:2] and parts[-1] == END_PART
+    torch.testing.assert_close(state, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_sampled_turn_is_the_driver_with_the_sessions_sampler(tiny_checkpoint):
+    """A sampled turn is `drive` with Stepper's feed and the session's seeded draw: the same
+    reply and state as the module driven with a generator seeded alike."""
+    s = ChatSession.load(tiny_checkpoint, temperature=1.0, top_k=5, seed=4)
+    want = s.ask("Hi")
+    twin = ChatSession.load(tiny_checkpoint, temperature=1.0, top_k=5, seed=4)
+    state = None
+
+    def feed(tokens, part):
+        nonlocal state
+        logits, state = twin.model(torch.tensor([list(tokens)]), state)
+        return logits[0, -1]
+
+    with torch.inference_mode():
+        reply = "".join(text for _, text in drive(twin.tokenizer, "Hi", feed, twin._pick, MAX_REPLY))
+    assert reply == want
+    torch.testing.assert_close(state, s.state, atol=1e-5, rtol=1e-5)
 
 
 def test_reply_length_is_bounded(tiny_checkpoint):
@@ -131,3 +200,70 @@ def test_interactive_ask_refuses_a_bad_question_and_goes_on(tiny_checkpoint, mon
     assert len(err) == 1 and err[0].startswith("contextbot: error: question is too long"), err
     assert [q[:2] for q, _ in asked] == ["Hi", "xx", "Hi"]
     assert asked[2][1] == asked[1][1] > 0  # the same session: the refusal left its state as it was
+
+
+# -- a long conversation ---------------------------------------------------------------------------
+
+def _rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _thousand_turns():
+    """1000 turns without a reset (a 50-turn script of introductions, follow-ups and small talk,
+    20 times) on the shipped GRU; returns the session and what was measured on the way."""
+    from contextbot.paths import DEFAULT_FACTS
+    from contextbot.text.dialogue import training_conversation
+    from contextbot.text.facts import load_facts
+
+    s = ChatSession.load(SHIPPED_GRU)
+    rng = random.Random(11)
+    entities = load_facts(DEFAULT_FACTS)
+    script: list[str] = []
+    while len(script) < 50:
+        script += [t.question for t in training_conversation(rng, entities)]
+    script = script[:50]
+    times, norms = [], []
+    for turn in range(1000):
+        if turn == 100:
+            gc.collect()
+            rss_100 = _rss_bytes()
+        question = script[turn % len(script)]
+        t0 = time.process_time()  # CPU time: what other programs on the machine do not change
+        reply = s.ask(question)
+        # per character fed and generated, so that longer or shorter replies do not count
+        times.append((time.process_time() - t0) / (len(question) + len(reply) + 8))
+        norms.append(max(s.norms()))
+        assert torch.isfinite(s.state).all()
+    gc.collect()
+    return s, (_rss_bytes() - rss_100) / 2**20, times, norms
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc")
+@pytest.mark.shipped
+def test_a_1000_turn_conversation_stays_fast_small_and_finite():
+    """After 1000 turns the memory has not grown, a turn costs no more at the end than at the
+    start (CPU time per character, the same questions at both ends), ‖h‖ stays within its bound,
+    and a reset gives back exactly a fresh bot."""
+    s, growth_mb, times, norms = _thousand_turns()
+    bound = s.model.config.hidden ** 0.5  # |h_i| < 1 for a GRU: ‖h‖ < sqrt(hidden)
+    first, last = statistics.median(times[:100]), statistics.median(times[-100:])
+    print(f"RSS growth over turns 100-1000: {growth_mb:.2f} MB; median CPU time per character "
+          f"{first * 1e6:.0f} µs (first 100 turns) and {last * 1e6:.0f} µs (last 100); "
+          f"max ‖h‖ {max(norms):.2f} of {bound:.1f}")
+    assert growth_mb < 5
+    assert last < 1.5 * first  # a ratio, not a time limit
+    assert max(norms) < bound
+    s.reset()
+    fresh = ChatSession.load(SHIPPED_GRU)
+    for q in ("Who is Megan Fox?", "Where does she live?", "Who is Tom Cruise?", "Where does he live?"):
+        assert s.ask(q) == fresh.ask(q)
+
+
+@pytest.mark.slow
+@pytest.mark.shipped
+def test_after_1000_turns_the_bot_still_follows_a_new_introduction():
+    """Carried over the whole conversation, a new introduction still sets who "he" means."""
+    s, *_ = _thousand_turns()
+    assert s.ask("Who is Tom Cruise?") == "He is an American actor."
+    assert s.ask("Where does he live?") == "He lives in Beverly Hills."

@@ -34,7 +34,7 @@ CATEGORIES = [
 TARGETS = {"far": 0.95, "unseen": 0.80}  # every other category: 0.99; stateless: at most 0.05
 DEFAULT_TARGET = 0.99
 STATELESS_MAX = 0.05
-#: The shipped LSTM's target (issue 3): on every category but the unseen phrasings.
+#: The shipped LSTM's target: every category but the unseen phrasings (the stateless one at most STATELESS_MAX).
 LSTM_TARGET = 0.95
 SEED_DIALOGUE = [
     ("Who is Tom cruise. Where he lives?", ("American actor", "Beverly Hills")),
@@ -205,7 +205,7 @@ def run(session: ChatSession, items: list[Item], batch: int = 512) -> Scores:
 
 
 def seed_dialogue(session: ChatSession) -> list[dict]:
-    """The seed article's own dialogue, word for word, from a fresh state."""
+    """The seed dialogue (Tom Cruise, then Megan Fox, in the words people type), from a fresh state."""
     session.reset()
     out = []
     for q, expected in SEED_DIALOGUE:

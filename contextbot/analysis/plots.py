@@ -1,6 +1,6 @@
 """The figures of `contextbot inspect`, drawn with matplotlib's Agg backend.
 
-Each function takes what `contextbot.inspect` or `contextbot.probe` computed and returns a
+Each function takes what `trace.py`, `units.py` or `probe.py` computed and returns a
 `Figure`; `save` writes it. Figures are built with `matplotlib.figure.Figure` and an Agg canvas
 rather than `pyplot`: no display, no global state, nothing to close.
 

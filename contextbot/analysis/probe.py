@@ -11,13 +11,13 @@ the wording rather than in what the model remembers (Hewitt and Liang, 2019).
 
 The experiment, for each checkpoint:
 
-1. Generate conversations with `contextbot.dialogue`: sometimes a first person and a little small
+1. Generate conversations with `contextbot.text.dialogue`: sometimes a first person and a little small
    talk, then the *target* introduction ("Who is Megan Fox?"), then `MAX_DISTANCE` turns of small
    talk. From the introduction on, the pronoun of the target's gender means the target (the
    dialogue's slots track it) and small talk changes nothing, so whatever the state knows about
    the target d turns later it has carried across those d turns.
 2. Feed every conversation with its right answers, as in training (teacher forcing, so every
-   cell is probed on the same text), all conversations at once as one batch, one character per
+   cell is probed on the same text), all conversations at once as one batch, one turn per
    forward call, and keep the whole carried state (h, and c for an LSTM) at the end of each turn
    from the introduction on, labelled with the referent, the referent's gender and the distance.
 3. Fit one probe per question (which of the people; which gender) on the states of the training
@@ -40,7 +40,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.nn.utils.rnn import PackedSequence, pack_sequence
 from rich.console import Console
 from rich.table import Table
 
@@ -51,8 +50,8 @@ from ..text.dialogue import Talk, Turn
 from ..errors import ContextbotError
 from ..text.facts import Entity, load_facts
 from ..model.network import RecurrentLM, State
-from ..chat import prompt
 from ..text.tokenizer import Tokenizer
+from ..text.turns import turn_ids
 
 CONVERSATIONS = 600  # generated per checkpoint; a third of them are held out for testing
 MAX_DISTANCE = 8  # turns of small talk after the introduction (training goes up to 3 in a row)
@@ -111,11 +110,13 @@ def _put(state: State, idx: torch.Tensor, sub: State) -> None:
 def turn_end_states(model: RecurrentLM, tok: Tokenizer, convs: list[ProbeConversation]) -> torch.Tensor:
     """The carried state at every labelled turn end, (samples, features), in label order.
 
-    Each turn is encoded as training and chat see it (`Q: q\\nA: ` then `answer\\n`). The
-    conversations advance together one turn per forward call: the k-th turns of all of them,
-    of different lengths, go through the RNN as one packed sequence, which returns each one's
-    full state (every layer, and an LSTM's cell) after its own last character -- exactly the
-    state that conversation carries into its next turn.
+    Each turn is the turn protocol of text/turns.py with its right answer in place of a generated
+    one (teacher forcing): its prompt, its reply and the reply's newline, encoded as training and
+    chat see them (`turns.turn_ids`). The conversations advance together one turn per forward
+    call: the k-th turns of all of them, of different lengths, go through the model at once
+    (`RecurrentLM.forward_packed`), which returns each one's full state (every layer, and an
+    LSTM's cell) after its own last character -- exactly the state that conversation carries into
+    its next turn.
     """
     device = model.embedding.weight.device
     state = model.zero_state(len(convs), device)
@@ -129,12 +130,11 @@ def turn_end_states(model: RecurrentLM, tok: Tokenizer, convs: list[ProbeConvers
     for k in range(max(needed)):
         active = [b for b in range(len(convs)) if k < needed[b]]
         idx = torch.tensor(active, device=device)
-        turns = [convs[b].turns[k] for b in active]
-        packed = pack_sequence([torch.tensor(tok.encode(prompt(t.question)) + tok.encode(f"{t.answer}\n"),
-                                             device=device) for t in turns], enforce_sorted=False)
-        embedded = PackedSequence(model.embedding(packed.data), packed.batch_sizes,
-                                  packed.sorted_indices, packed.unsorted_indices)
-        _, sub = model.rnn(embedded, _select(state, idx))  # each one's state after its own turn
+        sequences = []
+        for b in active:
+            prompt, reply = turn_ids(tok, convs[b].turns[k].question, convs[b].turns[k].answer)
+            sequences.append(torch.tensor(prompt + reply, device=device))
+        _, sub = model.forward_packed(sequences, _select(state, idx))  # each one's state after its turn
         _put(state, idx, sub)
         flat = flat_state(sub)  # (active, features)
         if out is None:
@@ -211,9 +211,8 @@ def one_thread():
     """Run on one CPU thread, then restore the setting.
 
     The probe is many small matrix products (one per turn and layer), where a second thread
-    gains little and costs synchronisation; when the other core is busy, that wait is
-    catastrophic: 100 conversations took 13 s on two threads and 0.8 s on one, next to a
-    training run on a two-core machine.
+    gains little and costs synchronisation; when the other core is busy (a training run next to
+    it), every product waits for the slower thread, and the waits dominate.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

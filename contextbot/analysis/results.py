@@ -1,9 +1,22 @@
-"""`make results`: evaluate the three shipped checkpoints and write README's comparison table.
+"""`make results`: evaluate the three shipped checkpoints and write their comparison tables.
 
-    python -m contextbot.results            # writes docs/results.json and the README table
+    python -m contextbot.analysis.results    # writes docs/results.json, docs/results.md, README.md
 
-The table in README.md sits between the markers `<!-- results:start -->` and
-`<!-- results:end -->` and is replaced as a whole, so every figure in it comes from this command.
+Each checkpoint goes through `report.evaluate_checkpoint`, the same evaluation as
+`contextbot eval`. The results are written three ways:
+
+- docs/results.json: everything the evaluation returned, per cell, with the checkpoint's
+  training time, thread count and parameter count, and the machine it was measured on;
+- docs/results.md: the full table (`table(results)`): every category, pronoun accuracy by exact
+  number of turns of small talk, the seed dialogue, validation bits per character, training
+  time and parameters;
+- README.md: the short table (`table(results, full=False)`): the categories and the seed
+  dialogue only.
+
+In both Markdown files the table sits between the markers `<!-- results:start -->` and
+`<!-- results:end -->` and is replaced as a whole, so every figure there comes from this
+command. A file without the markers is left alone. To rewrite the tables from an existing
+docs/results.json without evaluating again, call `write_tables(json.loads(...))`.
 """
 
 from __future__ import annotations
@@ -23,9 +36,13 @@ from .report import evaluate_checkpoint
 
 CELLS = ("gru", "lstm", "rnn")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+JSON = REPO / "docs" / "results.json"
+FULL_TABLE = REPO / "docs" / "results.md"
+SHORT_TABLE = REPO / "README.md"
 
 
 def machine() -> str:
+    """One line naming this machine: CPU model, cores, and the torch version."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -37,7 +54,12 @@ def machine() -> str:
     return f"{cpu} ({os.cpu_count()} cores), torch {torch.__version__}"
 
 
-def table(results: dict[str, dict]) -> str:
+def table(results: dict[str, dict], full: bool = True) -> str:
+    """The comparison table in Markdown, one column per cell, then a line saying how it was measured.
+
+    `full=False` keeps the categories and the seed dialogue (README); `full=True` adds accuracy
+    by exact distance, validation bits per character, training time and parameters (docs/results.md).
+    """
     cells = [c for c in CELLS if c in results]
     head = "| | " + " | ".join(cells) + " | target (gru) |"
     rows = [head, "|---|" + "---:|" * len(cells) + "---|"]
@@ -45,22 +67,48 @@ def table(results: dict[str, dict]) -> str:
         op, t = evaluate.target_for(key)
         vals = " | ".join(f"{results[c]['categories'][key]['accuracy']:.1%}" for c in cells)
         rows.append(f"| {label} | {vals} | {op} {t:.0%} |")
-    distances = sorted({int(d) for c in cells for d in results[c]["by_distance"]})
+    distances = sorted({int(d) for c in cells for d in results[c]["by_distance"]}) if full else []
     for d in distances:
         vals = " | ".join(f"{results[c]['by_distance'].get(str(d), {}).get('accuracy', float('nan')):.1%}"
                           for c in cells)
         rows.append(f"| pronoun, exactly {d} turns of small talk back | {vals} | |")
     seed_ok = " | ".join(f"{sum(t['right'] for t in results[c]['seed_dialogue'])}/5" for c in cells)
     rows.append(f"| the seed dialogue, turns right | {seed_ok} | 5/5 |")
+    if full:
+        rows += _training_rows(results, cells)
+    first = results[cells[0]]
+    n = first["categories"]["near"]["total"]
+    return "\n".join(rows) + (f"\n\n{n} conversations per category, seed {first['seed']}; "
+                              f"measured on {first.get('machine') or machine()}.")
+
+
+def _training_rows(results: dict[str, dict], cells: list[str]) -> list[str]:
+    rows = []
     rows.append("| validation bits per character | "
                 + " | ".join(f"{results[c]['valid_bpc']:.3f}" for c in cells) + " | |")
     rows.append("| training time (minutes; CPU threads) | "
                 + " | ".join(f"{results[c]['train_seconds'] / 60:.1f}; {results[c].get('train_threads')}"
                              for c in cells) + " | |")
     rows.append("| parameters | " + " | ".join(f"{results[c]['parameters']:,}" for c in cells) + " | |")
-    n = results[cells[0]]["categories"]["near"]["total"]
-    return "\n".join(rows) + (f"\n\n{n} conversations per category, seed {results[cells[0]]['seed']}; "
-                              f"measured on {machine()}.")
+    return rows
+
+
+def replace_block(path: Path, block: str) -> bool:
+    """Put `block` between the results markers of `path`; False if the file has no markers."""
+    text = path.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        return False
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    write_atomic(path, f"{before}{START}\n{block}\n{END}{after}".encode("utf-8"))
+    return True
+
+
+def write_tables(results: dict[str, dict]) -> None:
+    """The full table into docs/results.md, the short one into README.md (each between markers)."""
+    for path, full in ((FULL_TABLE, True), (SHORT_TABLE, False)):
+        if path.exists() and not replace_block(path, table(results, full=full)):
+            print(f"{path.relative_to(REPO)} has no results block; left alone", file=sys.stderr)
 
 
 def main() -> int:
@@ -76,20 +124,15 @@ def main() -> int:
         r["train_seconds"] = ck.train_options.get("seconds", 0.0)
         r["parameters"] = ck.model.num_parameters()
         r["train_threads"] = ck.train_options.get("threads")
+        r["machine"] = machine()
         results[cell] = r
         print(f"{cell}: " + ", ".join(f"{k} {v['accuracy']:.1%}" for k, v in r["categories"].items()),
               file=sys.stderr)
     if not results:
         print("contextbot: error: no checkpoints to evaluate", file=sys.stderr)
         return 2
-    write_atomic(REPO / "docs" / "results.json", json.dumps(results, indent=1).encode())
-    readme = REPO / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        _, after = rest.split(END, 1)
-        text = f"{before}{START}\n{table(results)}\n{END}{after}"
-        write_atomic(readme, text.encode("utf-8"))
+    write_atomic(JSON, json.dumps(results, indent=1).encode())
+    write_tables(results)
     print(table(results))
     return 0
 

@@ -4,8 +4,8 @@ A recurrent chat bot has no memory but its state: a few hundred numbers per laye
 from character to character and, in contextbot, from turn to turn. When it answers "Where does
 she live?" correctly, the name it needs was read several lines earlier and survives only in those
 numbers. This module makes that visible. It runs a conversation one character at a time through
-`contextbot.gates.step` (which recomputes each step from the layer's weights, so the gates can be
-seen) and records, for every character:
+`reference.step` (contextbot/model/recurrence/reference.py, which recomputes each step from the
+layer's weights, so the gates can be seen) and records, for every character:
 
 - ‖h‖ per layer: how large the state is;
 - the mean of each gate over the units of its layer (GRU update/reset, LSTM input/forget/output)
@@ -24,7 +24,7 @@ little of what is remembered, as small talk should.
 
 `--units TEXT` looks, in the spirit of LSTMVis (Strobelt et al., 2017), for the hidden units that
 are on over a phrase, and shows where in the conversation the same units fire again. `--probe`
-lives in `contextbot.probe`, the figures in `contextbot.plots`.
+lives in `contextbot.analysis.probe`, the figures in `contextbot.analysis.plots`.
 """
 
 from __future__ import annotations
@@ -39,14 +39,14 @@ from ..model.checkpoint import Checkpoint
 from ..model.network import RecurrentLM, State, hidden_of
 from ..model.recurrence import reference as gates
 from ..text.tokenizer import Tokenizer
-from ..text.turns import prompt
+from ..text.turns import END, END_PART, PROMPT_PART, REPLY_PART, drive
 from .evaluate import SEED_DIALOGUE
 
 TOP_K = 5  # next characters kept per step
 
 
 def seed_questions() -> list[str]:
-    """The questions of the seed article's dialogue (Tom Cruise, then Megan Fox)."""
+    """The questions of the seed dialogue (Tom Cruise, then Megan Fox), as `contextbot eval` asks them."""
     return [q for q, _ in SEED_DIALOGUE]
 
 
@@ -55,8 +55,9 @@ def seed_questions() -> list[str]:
 class CharStep:
     """One token through the network; with the character tokenizer, one character.
 
-    `part` says where the token came from: "question" for the fed prompt `Q: ...\\nA: `, "reply"
-    for a generated token, "end" for the newline fed after the reply (as `ChatSession` does).
+    `part` says where the token came from, as `turns.drive` names it: "question" for the fed
+    prompt `Q: ...\\nA: `, "reply" for a generated token, "end" for the newline fed after the
+    reply (as `ChatSession` does).
     `top` is what the model expects *next*, after this token.
     """
 
@@ -99,7 +100,8 @@ def piece_label(tok: Tokenizer, token: int) -> str:
 
 @torch.no_grad()
 def trace_turn(model: RecurrentLM, tok: Tokenizer, question: str, state: State) -> TurnTrace:
-    """One turn by the session's protocol, but one token at a time through `gates.step`.
+    """One turn by the session's protocol (`turns.drive`), one token at a time through the
+    reference recurrence (`reference.step`), keeping every token's gates.
 
     Feed `Q: {question}\\nA: `, generate greedily until the newline token, feed the newline. The
     reply equals `ChatSession.ask`'s at temperature 0 (the tests check it); `question` must
@@ -107,34 +109,32 @@ def trace_turn(model: RecurrentLM, tok: Tokenizer, question: str, state: State) 
     """
     state_in = state
     steps: list[CharStep] = []
+    prompt_text = tok.decoder()  # what each of the prompt's tokens spells
 
-    def feed(token: int, part: str, text: str) -> torch.Tensor:
+    def feed(tokens: list[int], part: str) -> torch.Tensor:
         nonlocal state
-        t = gates.step(model, token, state)
-        state = t.state
-        p, i = t.logits.softmax(-1).topk(min(TOP_K, t.logits.numel()))
-        steps.append(CharStep(
-            text=text, part=part,
-            norms=[float(h.norm()) for h in t.hidden],
-            gates=gates.gate_means(t), saturated=gates.saturation(t),
-            top=[(piece_label(tok, int(j)), float(q)) for q, j in zip(p, i)],
-            hidden=torch.cat(t.hidden)))
+        for token in tokens:
+            t = gates.step(model, token, state)
+            state = t.state
+            p, i = t.logits.softmax(-1).topk(min(TOP_K, t.logits.numel()))
+            # A reply token's text comes from the driver, once it has been fed (below).
+            text = prompt_text.push(token) if part == PROMPT_PART else END if part == END_PART else ""
+            steps.append(CharStep(
+                text=text, part=part,
+                norms=[float(h.norm()) for h in t.hidden],
+                gates=gates.gate_means(t), saturated=gates.saturation(t),
+                top=[(piece_label(tok, int(j)), float(q)) for q, j in zip(p, i)],
+                hidden=torch.cat(t.hidden)))
+        if part == PROMPT_PART:
+            steps[-1].text += prompt_text.flush()
         return t.logits
 
-    decoder = tok.decoder()
-    for token in tok.encode(prompt(question)):
-        logits = feed(token, "question", decoder.push(token))
-    steps[-1].text += decoder.flush()
-    reply_start = len(steps)
-    for _ in range(MAX_REPLY):
-        nxt = int(logits.argmax())  # greedy, as ChatSession at temperature 0
-        if nxt in tok.line_end_ids:
-            break
-        logits = feed(nxt, "reply", decoder.push(nxt))
-    if len(steps) > reply_start:
-        steps[-1].text += decoder.flush()
-    reply = "".join(s.text for s in steps[reply_start:])
-    feed(tok.newline_id, "end", "\n")  # the reply's newline is part of what is remembered
+    def greedy(logits: torch.Tensor) -> int:
+        return int(logits.argmax())  # as ChatSession at temperature 0
+
+    for _, text in drive(tok, question, feed, greedy, MAX_REPLY):
+        steps[-1].text += text  # the reply token just fed, or the rest of its character
+    reply = "".join(s.text for s in steps if s.part == REPLY_PART)
     return TurnTrace(question, reply, steps, state_in, state)
 
 

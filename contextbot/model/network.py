@@ -2,9 +2,15 @@
 
 The model holds no conversation state. `forward(tokens, state)` takes the state the caller
 carries and returns the new one, exactly like PyTorch's word_language_model; whoever talks to
-the model (training, `ChatSession`) owns the hidden state.
+the model (training, `ChatSession`) owns the hidden state. The weights are `nn.GRU`'s (or
+`nn.LSTM`'s, `nn.RNN`'s), but the recurrence over them runs in several implementations, each
+where it is fastest; `contextbot.model.recurrence`'s docstring is the map. Here, `forward` picks
+one for training and validation (`_recur`, `_scan`, `_by_stretches`), and two public methods
+serve inference in batches: `forward_small` (chat-sized calls) and `forward_packed` (sequences of
+different lengths at once).
 
-The three cells, as the seeds explain them:
+The three cells, in brief (recurrence/reference.py writes them out, and
+`recurrence.GATE_ORDER` is how the weights pack the gates):
 
 - **rnn**: h_t = tanh(W x_t + U h_{t-1} + b). One matrix decides everything, so a gradient
   flowing back through many steps is multiplied by U again and again and fades (vanishes).
@@ -20,8 +26,8 @@ The three cells, as the seeds explain them:
 of its memory each step, so at first nothing survives more than a few characters and the model
 never discovers long dependencies. Setting the keep-gate bias to log(U(1, T_max − 1)) gives each
 unit a characteristic memory time between 1 and T_max steps from the very first update. We give
-that to a share of the units (`chrono_fraction`) and leave the rest fast: measured here, chrono on
-every unit made the model slow to learn spelling, because nearly every unit barely moves.
+that to a share of the units (`chrono_fraction`) and leave the rest fast: with chrono on every unit
+the model is slow to learn spelling, because nearly every unit barely moves.
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_sequence, pad_packed_sequence
 
 from ..errors import ContextbotError
+from .recurrence import gate_rows
 from .recurrence.scan import Scan
 
 CELLS = ("rnn", "gru", "lstm")
@@ -125,15 +133,17 @@ class RecurrentLM(nn.Module):
                 # near-zero bias and learn the fast, character-level patterns quickly.
                 keep[int(h * c.chrono_fraction):] = 0.0
                 if c.cell == "gru":
-                    # PyTorch's GRU packs gates as (reset, update, new); z = update keeps h_{t-1}.
-                    b_ih[h:2 * h] = keep
-                    b_hh[h:2 * h] = 0.0
+                    # The update gate z keeps h_{t-1}.
+                    z = gate_rows("gru", "z", h)
+                    b_ih[z] = keep
+                    b_hh[z] = 0.0
                 else:
-                    # LSTM packs (input, forget, cell, output): forget keeps c_{t-1}, input = -forget.
-                    b_ih[h:2 * h] = keep
-                    b_hh[h:2 * h] = 0.0
-                    b_ih[0:h] = -keep
-                    b_hh[0:h] = 0.0
+                    # The forget gate f keeps c_{t-1}; the input gate i starts at -keep.
+                    f, i = gate_rows("lstm", "f", h), gate_rows("lstm", "i", h)
+                    b_ih[f] = keep
+                    b_hh[f] = 0.0
+                    b_ih[i] = -keep
+                    b_hh[i] = 0.0
 
     def zero_state(self, batch: int = 1, device: torch.device | str = "cpu") -> State:
         """The state a conversation starts from: all zeros, (layers, batch, hidden)."""
@@ -150,7 +160,8 @@ class RecurrentLM(nn.Module):
         the first token runs the recurrence, on the CPU, through `scan.Scan`, which can reset
         mid-chunk and has a hand-written backward; on another device (a GPU), through PyTorch's
         kernel once per stretch between resets (`_by_stretches`). Otherwise PyTorch's own kernel
-        runs once. All compute the same function with the same weights (tests/test_scan.py).
+        runs once (`_recur`). All compute the same function with the same weights
+        (tests/model/test_scan.py; the map of every implementation: `contextbot.model.recurrence`).
 
         With `referents=True` (training), also the referent head's logits, (batch, seq, 2, classes):
         who "he" and "she" mean after each token, read off the hidden state."""
@@ -174,6 +185,37 @@ class RecurrentLM(nn.Module):
             who = self.referent_head(out).unflatten(-1, (2, self.config.referents))
             return logits, state, who
         return logits, state
+
+    def forward_small(self, tokens: torch.Tensor, state: State | None = None):
+        """`forward` for chat-sized calls (a token or a few per stream): the same results, with
+        PyTorch's oneDNN kernels switched off around the call. oneDNN's recurrent kernel (the
+        LSTM's above all) pays a set-up cost on every call that, for a single token, is far larger
+        than the arithmetic, while the plain kernel it falls back to has none to speak of."""
+        enabled = torch._C._get_mkldnn_enabled()  # the public flags() also resets TF32 and warns
+        torch._C._set_mkldnn_enabled(False)
+        try:
+            return self(tokens, state)
+        finally:
+            torch._C._set_mkldnn_enabled(enabled)
+
+    def forward_packed(self, sequences: list[torch.Tensor],
+                       state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Feed token sequences of different lengths at once, sequence b on top of column b of
+        `state` (layers, n, hidden): (the logits after each sequence's last token, (n, vocab);
+        the state after each one's last token, shaped like `state`).
+
+        The same as feeding each sequence alone (tests/model/test_network.py), in one call of
+        PyTorch's kernel over a packed sequence, which stops each sequence's recurrence at its own
+        end: no padding is read, so no state runs past its sequence. For inference: the
+        evaluation's batched talk (`chat.BatchSession`) feeds every conversation's prompt this way,
+        the probe (analysis/probe.py) every conversation's turn."""
+        packed = pack_sequence(list(sequences), enforce_sorted=False)
+        x = PackedSequence(self.drop(self.embedding(packed.data)), packed.batch_sizes,
+                           packed.sorted_indices, packed.unsorted_indices)
+        out, state = self.rnn(x, state)
+        padded, lengths = pad_packed_sequence(out, batch_first=True)  # in the sequences' order
+        last = padded[torch.arange(len(lengths)), lengths - 1]  # (n, hidden)
+        return self.head(self.drop(last)), state
 
     def _scan(self, tokens: torch.Tensor, state: State | None, keep: torch.Tensor) -> tuple[torch.Tensor, State]:
         """The recurrence layer by layer through scan.Scan, resetting where keep (batch, seq) is 0."""
@@ -293,9 +335,9 @@ def hidden_of(state: State) -> torch.Tensor:
 
 def layer_norms(state: State) -> tuple[float, ...]:
     """‖h‖ per layer for the first (or only) stream of a state."""
-    # Chat asks for this after every character, so it is done in NumPy (a third of the cost of
-    # torch.linalg.vector_norm's dispatch for a vector this small), skipping detach() and cpu()
-    # when there is nothing to detach or move: each is a microsecond.
+    # Chat asks for this after every character, so it is done in NumPy (for a vector this small,
+    # torch.linalg.vector_norm's dispatch costs more than the sum), skipping detach() and cpu()
+    # when there is nothing to detach or move: each is a call that costs more than it does here.
     h = hidden_of(state)
     if h.requires_grad or not h.is_cpu:
         h = h.detach().cpu()

@@ -1,7 +1,8 @@
 """The corpus files: building `train.txt`/`valid.txt` from facts, and reading any corpus.
 
-Format: one turn a line, `Q: ...` then `A: ...`; a blank line between conversations.
-Reading streams the file line by line, so checking a large corpus takes little memory.
+Format (turns.py): a question line `Q: ...` then its answer line `A: ...`; a blank line between
+conversations. Reading streams the file line by line, so checking a large corpus takes little
+memory.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..files import write_atomic
 from ..paths import DEFAULT_FACTS
 from .dialogue import format_conversation, training_conversation
 from .facts import load_facts
+from .turns import ANSWER, QUESTION, TURN_EXTRA, parse_line
 
 MAX_LINE = 10_000  # characters; a longer line is not a chat turn
 
@@ -94,8 +96,9 @@ def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
 def read_conversations(path: str | Path, stats: CorpusStats | None = None) -> Iterator[Conversation]:
     """Yield the conversations of a corpus file, checking its format as it goes.
 
-    Errors name the line: a line that is neither `Q: ` nor `A: `, an answer without a question,
-    a question without an answer. A file with no turns at all is an error too.
+    Errors name the line: a line that is neither a question nor an answer (turns.parse_line), an
+    answer without a question, a question without an answer. A file with no turns at all is an
+    error too.
     """
     path = Path(path)
     stats = stats if stats is not None else CorpusStats()
@@ -112,22 +115,24 @@ def read_conversations(path: str | Path, stats: CorpusStats | None = None) -> It
                 yield Conversation(turns)
                 turns = []
             continue
-        if line.startswith("Q: "):
+        parsed = parse_line(line)
+        if parsed is None:
+            raise ContextbotError(f"{path}: line {n}: expected a line starting with {QUESTION!r} or "
+                                  f"{ANSWER!r}, got {line[:30]!r}")
+        kind, text = parsed
+        if kind == "Q":
             if question is not None:
                 raise ContextbotError(f"{path}: line {n}: a question follows a question without an answer")
-            question = line[3:]
-        elif line.startswith("A: "):
+            question = text
+        else:
             if question is None:
                 raise ContextbotError(f"{path}: line {n}: an answer without a question")
-            turns.append((question, line[3:]))
+            turns.append((question, text))
             stats.turns += 1
-            stats.characters += len(question) + len(line) + 5  # "Q: " + "\n" + line + "\n"
+            stats.characters += len(question) + len(text) + TURN_EXTRA  # len(turn(question, text))
             stats.alphabet.update(question)
             stats.alphabet.update(line)
             question = None
-        else:
-            raise ContextbotError(f"{path}: line {n}: expected a line starting with 'Q: ' or 'A: ', "
-                                  f"got {line[:30]!r}")
     if question is not None:
         raise ContextbotError(f"{path}: the last question has no answer")
     if turns:
@@ -135,7 +140,7 @@ def read_conversations(path: str | Path, stats: CorpusStats | None = None) -> It
         yield Conversation(turns)
     stats.sha256 = sha.hexdigest()
     if stats.turns == 0:
-        raise ContextbotError(f"{path}: no Q/A turns (expected lines 'Q: ...' then 'A: ...')")
+        raise ContextbotError(f"{path}: no Q/A turns (expected lines '{QUESTION}...' then '{ANSWER}...')")
 
 
 def check(path: str | Path) -> CorpusStats:

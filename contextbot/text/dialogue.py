@@ -19,6 +19,7 @@ import random
 from dataclasses import dataclass, field
 
 from .facts import ATTRIBUTES, PRONOUN_FORMS, Entity
+from .turns import conversation
 
 # {s} subject pronoun (he/she), {p} possessive (his/her), {o} object (him/her).
 TRAIN_QUESTIONS = {
@@ -253,5 +254,5 @@ def phrasing(template: str) -> str:
 
 
 def format_conversation(turns: list[Turn]) -> str:
-    """The corpus format: `Q: ...` and `A: ...` lines, ending with a newline."""
-    return "".join(f"Q: {t.question}\nA: {t.answer}\n" for t in turns)
+    """The corpus format (turns.py): `Q: ...` and `A: ...` lines, ending with a newline."""
+    return conversation((t.question, t.answer) for t in turns)

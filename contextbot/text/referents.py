@@ -3,7 +3,7 @@
 The language-model loss teaches the state to remember a person only through the few characters
 that need it: the answer to a pronoun question, turns after the introduction. Everywhere else
 nothing asks the state to hold the name, so for a long time nothing does; the model learns
-spelling first and memory late (measured here: pronoun questions 12% right after 1500 steps).
+spelling first and memory late.
 
 This module labels every position of a training conversation with the current referent of each
 pronoun, and training adds a small linear *probe head* on the hidden state that must predict them
@@ -16,8 +16,9 @@ fitted afterwards.)
 The labels follow the corpus's own rules (dialogue.py), read from its text and facts.json:
 a question naming a known person makes them the referent of their pronoun; an answer "I don't
 know who that is." makes both pronouns mean that unknown person; nothing else changes them. A
-question's characters carry the referents from before it, its answer the ones after it: the
-compound turn "Who is X, and where does he live?" must know X by the time it answers.
+question's characters carry the referents from before it; from the prompt's tail on (`\\nA: `,
+turns.PROMPT_TAIL), and through the answer, the ones after it: the compound turn "Who is X, and
+where does he live?" must know X by the time it answers (train/batches.py places the labels).
 """
 
 from __future__ import annotations

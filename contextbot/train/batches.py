@@ -13,11 +13,9 @@ padding.)
 Each target token has a loss weight: `answer_weight` for the characters of the bot's answers (what
 chat generates), 1 for the rest (the questions), 0 for padding.
 
-Memory: a corpus is held as compact tensors (int32 ids, float32 weights, int16 character counts),
-not as Python lists, where every id costs an 8-byte pointer to a 28-byte int object. Measured on
-corpus/train.txt: the encoded conversations take 13 bytes a token instead of 62, an epoch's
-`Streams` 18 instead of 31 (19 since the `keep` mask became per token: a bool each, and no more
-padding between conversations). The values are the same as the lists held.
+Memory: a corpus is held as compact tensors (int32 ids, float32 weights, int16 character counts,
+a bool per token for where conversations start), not as Python lists, where every id costs an
+8-byte pointer to a 28-byte int object. The values are the same as the lists held.
 """
 
 from __future__ import annotations
@@ -30,6 +28,7 @@ import torch
 from ..text.corpus import Conversation
 from ..text.referents import Referents
 from ..text.tokenizer import Tokenizer
+from ..text.turns import PROMPT_TAIL, turn_ids
 
 
 @dataclass
@@ -57,19 +56,20 @@ class Encoded:
 
 def encode_conversation(conv: Conversation, tok: Tokenizer, answer_weight: float,
                         referents: Referents | None = None) -> Encoded:
-    """Encode `Q: q\\nA: ` and `answer\\n` separately, exactly as chat feeds and generates them.
+    """Encode each turn's prompt and reply separately (`turns.turn_ids`), exactly as chat feeds
+    and generates them.
 
     With `referents`, each input position is also labelled with who "he" and "she" mean there:
-    the question's characters with the referents before the turn, from its `\\nA: ` on (the
-    state that must produce the answer) with the referents after it."""
+    the question's characters with the referents before the turn, from the prompt's tail
+    (`turns.PROMPT_TAIL`, the state that must produce the answer) on with the referents after
+    it."""
     ids: list[int] = []
     w: list[float] = []
     labels: list[tuple[int, int]] = []
-    tail = len(tok.encode("\nA: "))
+    tail = len(tok.encode(PROMPT_TAIL))
     turns = referents.turns(conv) if referents is not None else None
     for k, (q, a) in enumerate(conv.turns):
-        prompt = tok.encode(f"Q: {q}\nA: ")
-        reply = tok.encode(f"{a}\n")
+        prompt, reply = turn_ids(tok, q, a)
         ids += prompt + reply
         w += [1.0] * len(prompt) + [answer_weight] * len(reply)
         if turns is not None:

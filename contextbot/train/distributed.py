@@ -127,7 +127,7 @@ class World:
         saved = saved or {}
         # On a GPU, dropout draws from the device's own generator, so a checkpoint carries that
         # state too (`rng_cuda`): without it a resumed run on a GPU drew other dropout masks than
-        # the uninterrupted one (tests/test_train.py caught it on an H100). A checkpoint written
+        # the uninterrupted one (tests/train/test_train.py caught it on an H100). A checkpoint written
         # on one kind of device and resumed on the other continues the CPU stream only.
         rows, cuda_rows = saved.get("rng_ranks"), saved.get("rng_cuda_ranks")
         # clone(): torch.set_rng_state crashes (SIGSEGV, torch 2.13) on a view that does not

@@ -7,7 +7,7 @@ What each part shows (the help screen, F1, says the same to the user):
   memory was carried in, magenta when the turn started from zero (memory off), red after ctrl+r.
 - `GateBars`: the gates for the newest character, averaged over the layer's units. GRU: update z
   (near 1 = keep the old h) and reset r (how much old h shapes the proposal). LSTM: input, forget,
-  output. Recomputed by hand from the layer's weights (`contextbot.gates`).
+  output. Recomputed by hand from the layer's weights (`contextbot.model.recurrence.reference`).
 - `CarryoverTable`: at each turn start, the ‖h‖ carried in (0 when the memory is off or was just
   zeroed), and the cosine between the state that ended the previous turn and the one that ends
   this turn: near 1, the turn barely moved the memory; lower, it rewrote it.

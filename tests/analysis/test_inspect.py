@@ -4,7 +4,6 @@ and on the shipped GRU (behaviour)."""
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
@@ -20,6 +19,8 @@ from contextbot.errors import ContextbotError
 from contextbot.analysis.evaluate import SEED_DIALOGUE
 from contextbot.text.facts import load_facts
 from contextbot.model.network import hidden_of
+from contextbot.text.turns import turn as turn_text
+from contextbot.text.turns import turn_ids
 
 from ..conftest import SHIPPED_GRU, make_model
 
@@ -73,7 +74,7 @@ def test_trace_follows_the_session_protocol(tmp_path, tiny_tokenizer, cell, laye
     assert turns[1].state_in is turns[0].state_out  # the state is carried from turn to turn
     assert not turns[0].changed  # the first turn starts from zeros either way
     steps = turns[0].steps
-    assert "".join(s.text for s in steps) == f"Q: {QUESTIONS[0]}\nA: {turns[0].reply}\n"
+    assert "".join(s.text for s in steps) == turn_text(QUESTIONS[0], turns[0].reply)
     assert [s.part for s in steps][-1] == "end"
     assert all(len(s.norms) == layers and len(s.gates) == layers and len(s.top) == 5 for s in steps)
     assert steps[0].hidden.shape == (layers * 16,)
@@ -174,7 +175,8 @@ def test_batched_turn_end_states_equal_one_conversation_at_a_time(tmp_path, tiny
         state, ends = model.zero_state(1), []
         with torch.no_grad():
             for t in conv.turns:
-                ids = tiny_tokenizer.encode(f"Q: {t.question}\nA: ") + tiny_tokenizer.encode(f"{t.answer}\n")
+                prompt_ids, reply_ids = turn_ids(tiny_tokenizer, t.question, t.answer)
+                ids = prompt_ids + reply_ids
                 _, state = model(torch.tensor([ids]), state)
                 ends.append(probe.flat_state(state)[0])
         for turn, *_ in conv.labels:
@@ -239,6 +241,7 @@ def test_bad_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 # -- the shipped GRU ----------------------------------------------------------------------------
+@pytest.mark.shipped
 def test_shipped_gru_carry_changes_the_pronoun_answers_of_the_seed_dialogue(capsys, entities):
     rc, out, _ = run_cli(capsys, "--checkpoint", SHIPPED_GRU, "--json")
     assert rc == 0
@@ -254,6 +257,7 @@ def test_shipped_gru_carry_changes_the_pronoun_answers_of_the_seed_dialogue(caps
             assert t["carry_changed_answer"], t
 
 
+@pytest.mark.shipped
 def test_shipped_gru_probe_beats_chance_at_distance_0(entities):
     r = probe.probe_checkpoint(checkpoint.load(SHIPPED_GRU), entities, conversations=240)
     referent, gender = r.accuracy["referent"][0], r.accuracy["gender"][0]

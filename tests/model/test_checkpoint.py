@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from contextbot.model import checkpoint
 from contextbot.errors import ContextbotError
+from contextbot.text.turns import prompt
 
 from ..conftest import make_model
 
@@ -20,7 +21,7 @@ def test_round_trip_gives_identical_logits(tmp_path, tiny_tokenizer):
         p = tmp_path / f"{cell}.safetensors"
         checkpoint.save(p, m, tiny_tokenizer, step=7, corpus_sha256="abc")
         ck = checkpoint.load(p)
-        x = torch.tensor([tiny_tokenizer.encode("Q: Who is Tom Cruise?\nA: ")])
+        x = torch.tensor([tiny_tokenizer.encode(prompt("Who is Tom Cruise?"))])
         torch.testing.assert_close(ck.model(x)[0], m(x)[0], rtol=0, atol=0)
         assert ck.step == 7 and ck.metadata["corpus_sha256"] == "abc"
         assert ck.tokenizer.encode("Who") == tiny_tokenizer.encode("Who")

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from contextbot.model.network import ModelConfig, RecurrentLM, detach_state, mask_state
+from contextbot.text.turns import turn
 
-from ..conftest import make_model
+from ..conftest import build, make_model
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
@@ -45,7 +46,7 @@ def test_model_holds_no_state(tiny_tokenizer):
 def test_tiny_model_overfits_one_batch(tiny_tokenizer, cell):
     torch.manual_seed(0)
     m = RecurrentLM(ModelConfig(vocab_size=tiny_tokenizer.vocab_size, cell=cell, embed=16, hidden=64))
-    ids = torch.tensor([tiny_tokenizer.encode("Q: Who is Tom Cruise?\nA: He is an American actor.\n")])
+    ids = torch.tensor([tiny_tokenizer.encode(turn("Who is Tom Cruise?", "He is an American actor."))])
     x, y = ids[:, :-1], ids[:, 1:]
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     first = None
@@ -123,3 +124,47 @@ def test_layer_by_layer_path_computes_what_the_stacked_kernel_does(cell, monkeyp
     out.sum().backward()
     assert all(getattr(model.rnn, f"weight_hh_l{k}").grad.abs().sum() > 0 for k in range(3))
 
+
+
+def as_tuple(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_packed_sequences_equal_feeding_each_alone(cell, layers):
+    """`forward_packed` (the evaluation's batched talk, the probe): sequences of different lengths
+    at once, each from its own column of the state, give each one's last logits and state as if
+    it had been fed alone; one call, however the lengths are ordered."""
+    model = build(cell, layers)
+    g = torch.Generator().manual_seed(2)
+    lengths = [5, 1, 9, 3, 9]
+    sequences = [torch.randint(0, 23, (n,), generator=g) for n in lengths]
+    c = model.config
+    h = torch.randn(c.layers, len(lengths), c.hidden, generator=g) * 0.5
+    state = (h, torch.randn(c.layers, len(lengths), c.hidden, generator=g) * 0.5) if cell == "lstm" else h
+    with torch.no_grad():
+        logits, new = model.forward_packed(sequences, state)
+        assert logits.shape == (len(lengths), c.vocab_size)
+        for b, seq in enumerate(sequences):
+            alone = tuple(s[:, b:b + 1] for s in as_tuple(state))
+            want, want_state = model(seq[None], alone if cell == "lstm" else alone[0])
+            torch.testing.assert_close(logits[b], want[0, -1], atol=1e-6, rtol=1e-5)
+            for got, ref in zip(as_tuple(new), as_tuple(want_state)):
+                torch.testing.assert_close(got[:, b:b + 1], ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_a_small_call_is_forward_and_leaves_onednn_as_it_was(cell):
+    """`forward_small` switches oneDNN off for its call only: the same results as `forward`."""
+    model = build(cell, 2)
+    tokens = torch.tensor([[3], [7]])
+    state = model.zero_state(2)
+    before = torch._C._get_mkldnn_enabled()
+    with torch.no_grad():
+        got, got_state = model.forward_small(tokens, state)
+        want, want_state = model(tokens, state)
+    assert torch._C._get_mkldnn_enabled() == before
+    torch.testing.assert_close(got, want)
+    for a, b in zip(as_tuple(got_state), as_tuple(want_state)):
+        torch.testing.assert_close(a, b)

@@ -1,4 +1,5 @@
-"""The hand-computed gates (contextbot.gates) against PyTorch's own nn.GRU / nn.LSTM / nn.RNN.
+"""The hand-computed gates (contextbot.model.recurrence.reference) against PyTorch's own
+nn.GRU / nn.LSTM / nn.RNN.
 
 The UI shows gate values that `gates.step` computes from the layer weights. They are only worth
 showing if that computation is the network's: so we recompute h_t (and c_t) character by
@@ -9,8 +10,8 @@ starting from a non-zero state.
 import pytest
 import torch
 
+from contextbot.model.recurrence import GATE_ORDER, gate_rows
 from contextbot.model.recurrence import reference as gates
-from contextbot.model.network import ModelConfig, RecurrentLM
 
 from ..conftest import build, random_state
 
@@ -66,8 +67,26 @@ def test_gru_update_gate_keeps_the_state():
     model = build("gru", 1)
     h = model.config.hidden
     with torch.no_grad():
-        model.rnn.bias_ih_l0[h:2 * h] = 50.0  # PyTorch's order: reset, update, new
+        model.rnn.bias_ih_l0[gate_rows("gru", "z", h)] = 50.0  # z: the update gate
     state = random_state(model)
     trace = gates.step(model, 4, state)
     assert float(trace.gates[0]["update"].min()) > 0.999
     torch.testing.assert_close(trace.state, state, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_gate_order_is_how_pytorch_packs_the_gates(cell):
+    """GATE_ORDER names the blocks of rows as PyTorch's own module reads them: open the gate that
+    keeps the memory (GRU z; LSTM f, with i shut) through the rows `gate_rows` gives, and the
+    module itself copies its memory unchanged."""
+    model = build(cell, 1)
+    h = model.config.hidden
+    with torch.no_grad():
+        model.rnn.bias_ih_l0[gate_rows(cell, "z" if cell == "gru" else "f", h)] = 50.0
+        if cell == "lstm":
+            model.rnn.bias_ih_l0[gate_rows(cell, "i", h)] = -50.0
+        state = random_state(model)
+        _, new = model(torch.tensor([[4]]), state)
+    memory = (lambda s: s[1]) if cell == "lstm" else (lambda s: s)
+    torch.testing.assert_close(memory(new), memory(state), atol=1e-5, rtol=0)
+    assert len(model.rnn.bias_ih_l0) == len(GATE_ORDER[cell]) * h

@@ -1,5 +1,5 @@
-"""Training's hand-written recurrence (contextbot.scan) against PyTorch's own kernels, and the
-back-to-back streams it makes possible (contextbot.data)."""
+"""Training's hand-written recurrence (contextbot/model/recurrence/scan.py) against PyTorch's own kernels, and the
+back-to-back streams it makes possible (contextbot/train/batches.py)."""
 
 import pytest
 import torch

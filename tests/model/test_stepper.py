@@ -1,4 +1,4 @@
-"""The fast generation step (contextbot.stepper) against PyTorch's own modules.
+"""The fast generation step (contextbot.model.recurrence.stepper) against PyTorch's own modules.
 
 A chat turn is fed and generated with `Stepper` (compiled with Numba), not with `nn.GRU`; it is
 only allowed to be faster, never different. So over a run of characters from a non-zero state,
@@ -12,6 +12,7 @@ import torch
 from contextbot.model.network import layer_norms
 from contextbot.chat import MAX_REPLY, ChatSession
 from contextbot.model.recurrence.stepper import Stepper
+from contextbot.text.turns import prompt, turn
 
 from ..conftest import build, random_state
 
@@ -119,7 +120,7 @@ def test_a_stream_stopped_early_remembers_only_what_it_showed(tiny_checkpoint):
     shown = "".join(next(it).char for _ in range(2))
     it.close()
     with torch.inference_mode():
-        ids = torch.tensor([tok.encode("Q: Who is Tom Cruise?\nA: " + shown + "\n")])
+        ids = torch.tensor([tok.encode(turn("Who is Tom Cruise?", shown))])
         _, state = model(ids, None)
     torch.testing.assert_close(session.state, state, atol=1e-5, rtol=1e-5)
 
@@ -130,7 +131,7 @@ def test_a_session_replies_as_the_module_would(tiny_checkpoint):
     model, tok = session.model, session.tokenizer
     reply = session.ask("Who is Tom Cruise?")
     with torch.inference_mode():
-        ids = torch.tensor([tok.encode("Q: Who is Tom Cruise?\nA: ")])
+        ids = torch.tensor([tok.encode(prompt("Who is Tom Cruise?"))])
         logits, state = model(ids, None)
         out = []
         for _ in range(MAX_REPLY):  # the session stops at the same cap
@@ -145,7 +146,7 @@ def test_a_session_replies_as_the_module_would(tiny_checkpoint):
 
 
 def test_the_compiled_tanh_and_sigmoid_match_numpy():
-    """The compiled σ and tanh (contextbot.kernels): in float32 a rational approximation (Eigen's),
+    """The compiled σ and tanh (contextbot/model/recurrence/kernels.py): in float32 a rational approximation (Eigen's),
     within 3e-7 (about 5 units in the last place) everywhere, flat just inside ±1 far out, and
     odd; in float64 the exact functions."""
     import numba

@@ -1,14 +1,19 @@
 import json
 import random
 import re
+import subprocess
+import sys
 
 import pytest
 
 from contextbot import paths
-from contextbot.text import corpus
-from contextbot.text.dialogue import HELD_OUT_QUESTIONS, PRONOUN_FORMS, TRAIN_QUESTIONS, Talk, fill
+from contextbot.text import corpus, turns
+from contextbot.text.dialogue import (HELD_OUT_QUESTIONS, PRONOUN_FORMS, TRAIN_QUESTIONS, Talk, fill,
+                                       format_conversation)
 from contextbot.errors import ContextbotError
 from contextbot.text.facts import load_facts
+
+from ..conftest import ENV
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +79,8 @@ def test_small_talk_runs_are_at_most_three_turns(train_text):
              "Good morning!", "Nice.", "OK.", "What is your name?", "Cool!"}
     run = longest = 0
     for line in train_text.splitlines():
-        if line.startswith("Q: "):
-            q = line[3:]
+        if line.startswith(turns.QUESTION):
+            q = line[len(turns.QUESTION):]
             is_small = any(q.lower().rstrip("?.! ") == s.lower().rstrip("?.! ") for s in small)
             run = run + 1 if is_small else 0
             longest = max(longest, run)
@@ -128,6 +133,60 @@ def test_questions_in_capitals_have_their_share(train_text):
     """Noise falls on 35% of questions and 30% of that (plus one in seven of the rest) is all
     capitals, about 14% of questions: at 3% (the old share), the GRU read 'IS HE MARRIED' as
     another question."""
-    questions = [line[3:] for line in train_text.splitlines() if line.startswith("Q: ")]
+    questions = [line[len(turns.QUESTION):] for line in train_text.splitlines()
+                 if line.startswith(turns.QUESTION)]
     shouted = [q for q in questions if any(ch.isalpha() for ch in q) and q == q.upper()]
     assert 0.11 < len(shouted) / len(questions) < 0.17
+
+
+def test_the_turn_format_round_trips_through_the_corpus_reader(tmp_path):
+    """What turns.py writes, the corpus reader reads back: the same (question, answer) pairs, and
+    statistics that count exactly the characters of the turns written."""
+    conversations = [
+        [("Who is Tom Cruise?", "He is an American actor."),
+         ("Where does he live?", "He lives in Beverly Hills.")],
+        # the format's own prefixes inside a turn, characters outside ASCII, an empty answer
+        [("Hi.", "Hi there!"), ("A: Q: what?", "Q: A: this."), ("Café ☃?", "")],
+    ]
+    p = tmp_path / "turns.txt"
+    p.write_text("\n".join(turns.conversation(c) for c in conversations), encoding="utf-8")
+    stats = corpus.CorpusStats()
+    assert [c.turns for c in corpus.read_conversations(p, stats)] == conversations
+    assert stats.turns == 5 and stats.conversations == 2
+    assert stats.characters == sum(len(turns.turn(q, a)) for c in conversations for q, a in c)
+    for q, a in conversations[1]:
+        question_line, answer_line = turns.turn(q, a).split(turns.END)[:2]
+        assert turns.parse_line(question_line) == ("Q", q) and turns.parse_line(answer_line) == ("A", a)
+        assert turns.turn(q, a) == turns.prompt(q) + turns.reply(a)
+    talk = Talk(random.Random(1), load_facts(paths.DEFAULT_FACTS))
+    talk.small_talk()
+    talk.ask("he")
+    assert format_conversation(talk.turns) == turns.conversation((t.question, t.answer) for t in talk.turns)
+
+
+def _peak_rss_mb(argv: list[str]) -> float:
+    """Peak resident memory of `contextbot ARGV`, measured by a parent that has no other child."""
+    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+             "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    r = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "contextbot", *argv],
+                       capture_output=True, text=True, env=ENV, timeout=1800)
+    rc, kb = r.stdout.split()[-2:]
+    assert rc == "0", r.stderr
+    return int(kb) / 1024
+
+
+@pytest.mark.slow
+def test_a_200_mb_corpus_is_checked_in_bounded_memory(tmp_path):
+    """`corpus check` streams: 200 MB takes about the memory that 3.5 MB does."""
+    unit = paths.DEFAULT_TRAIN.read_bytes()
+    small = tmp_path / "small.txt"
+    small.write_bytes(unit)
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        while f.tell() < 200_000_000:
+            f.write(unit + b"\n")
+    base = _peak_rss_mb(["corpus", "check", str(small)])
+    peak = _peak_rss_mb(["corpus", "check", str(big)])
+    print(f"peak RSS: {base:.0f} MB for {len(unit) / 1e6:.1f} MB, "
+          f"{peak:.0f} MB for {big.stat().st_size / 1e6:.0f} MB")
+    assert peak < base + 50

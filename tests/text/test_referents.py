@@ -1,4 +1,4 @@
-"""The referent labels (contextbot.referents) and the auxiliary loss that trains on them."""
+"""The referent labels (contextbot/text/referents.py) and the auxiliary loss that trains on them."""
 
 import json
 

@@ -17,14 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from contextbot.chat import ChatSession
+from contextbot.errors import ContextbotError
 from contextbot.model import checkpoint
+from contextbot.model.network import ModelConfig, RecurrentLM
+from contextbot.text.tokenizer import Tokenizer
 from contextbot.train import distributed
 from contextbot.train.batches import Batch, BatchSchedule, encode_conversation
-from contextbot.errors import ContextbotError
-from contextbot.model.network import ModelConfig, RecurrentLM
-from contextbot.chat import ChatSession
-from contextbot.text.tokenizer import Tokenizer
-from contextbot.train.loop import TrainOptions, batch_loss, load_corpus, train
+from contextbot.train.loop import batch_loss, load_corpus, train
+from contextbot.train.options import TrainOptions
 
 from ..conftest import TINY_CORPUS
 

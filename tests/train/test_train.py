@@ -5,10 +5,11 @@ import sys
 import pytest
 import torch
 
+from contextbot.errors import ContextbotError
 from contextbot.model import checkpoint
 from contextbot.paths import DEFAULT_FACTS
-from contextbot.errors import ContextbotError
-from contextbot.train.loop import TrainOptions, learning_rate, train
+from contextbot.train.loop import learning_rate, train
+from contextbot.train.options import TrainOptions
 
 TINY = dict(hidden=16, embed=8, batch=2, seq_len=24, eval_every=3, checkpoint_every=2, json=True,
             referent_weight=0.0)  # the referent signal has tests of its own (test_referents.py)
@@ -168,22 +169,3 @@ def test_whole_conversation_batches_cover_every_conversation_once_an_epoch():
     # Sorting within pools keeps padding small: these lengths differ by up to 19 tokens.
     pads = [float((sched.get(s).weights == 0).float().mean()) for s in range(step)]
     assert sum(pads) / len(pads) < 0.25
-
-
-def test_an_lstm_gets_its_own_recipe_unless_told_otherwise():
-    """`contextbot train --cell lstm` starts from the LSTM's measured recipe (CELL_DEFAULTS);
-    a flag given on the command line still wins, and the GRU keeps the plain defaults."""
-    from contextbot.cli import build_parser
-    from contextbot.train.loop import options_from_args
-
-    def options(*argv):
-        return options_from_args(build_parser().parse_args(["train", "--out", "x.safetensors", *argv]))
-
-    lstm, rnn, gru = options("--cell", "lstm"), options("--cell", "rnn"), options()
-    assert (lstm.lr, lstm.chrono_fraction, lstm.seq_len, lstm.batch) == (4e-3, 0.5, 128, 16)
-    assert (rnn.lr, rnn.seq_len, rnn.batch) == (3e-3, 256, 32)  # what its checkpoint was trained at
-    assert (gru.lr, gru.chrono_fraction, gru.seq_len, gru.batch) == (
-        TrainOptions.lr, TrainOptions.chrono_fraction, TrainOptions.seq_len, TrainOptions.batch) == (
-        3e-3, 1.0, 192, 16)
-    mine = options("--cell", "lstm", "--lr", "2e-3", "--chrono-fraction", "1", "--seq-len", "64")
-    assert (mine.lr, mine.chrono_fraction, mine.seq_len) == (2e-3, 1.0, 64)

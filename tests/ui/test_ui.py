@@ -35,7 +35,7 @@ from contextbot.ui.panel import CarryoverTable, GateBars, NormChart, StatePanel,
 from contextbot.ui.status import StatusLine
 from contextbot.ui.timeline import Boundary, Timeline, columns
 
-from ..conftest import SHIPPED_GRU, make_model
+from ..conftest import make_model
 
 
 def save_tiny(path: Path, tok, cell: str = "gru", layers: int = 2) -> Path:
@@ -54,13 +54,6 @@ def tiny(tiny_path, monkeypatch) -> Path:
     """The tiny checkpoint, with replies cut at 40 characters (an untrained model rarely stops)."""
     monkeypatch.setattr(session_module, "MAX_REPLY", 40)
     return tiny_path
-
-
-@pytest.fixture
-def shipped() -> Path:
-    if not SHIPPED_GRU.exists():
-        pytest.fail(f"the shipped checkpoint {SHIPPED_GRU} is missing")
-    return SHIPPED_GRU
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -8,12 +8,12 @@ the C library's `tanhf` does not: it is a function call per element.
 
 So `tanh` here is, for float32, the rational approximation that the Eigen library uses for
 float32 tanh: clamp to ±7.9, then x · p(x²) / q(x²) with a degree-13 and a degree-6 polynomial.
-It is within about 5 units in the last place of float32 (at most 3e-7; tests/test_stepper.py
+It is within about 5 units in the last place of float32 (at most 3e-7; tests/model/test_stepper.py
 checks) and is only multiplies, adds, a division and two comparisons, all of which vectorise.
 That is the same size as the rounding differences that summing a dot product in another order
 already makes (PyTorch's MKL and these loops do), so chat and `contextbot eval` (which runs
 PyTorch's modules) agree except where the model is undecided between two characters to within
-about 1e-4 (tests/test_evaluate.py checks that that is the only place they part).
+about 1e-4 (tests/analysis/test_evaluate.py checks that that is the only place they part).
 
 For float64 it is the exact `math.tanh` (the dtype picks the implementation when the loop is
 compiled): the float64 tests that compare the scan against PyTorch to 1e-12, and gradcheck, get
@@ -83,12 +83,12 @@ _INLINED = dict(fastmath=FASTMATH, error_model="numpy")
 
 def tanh(x):
     """tanh inside a compiled loop (see the module docstring); not callable from Python."""
-    raise NotImplementedError("contextbot.kernels.tanh runs inside @njit code only")
+    raise NotImplementedError("kernels.tanh runs inside @njit code only")
 
 
 def sigmoid(x):
     """σ inside a compiled loop; not callable from Python."""
-    raise NotImplementedError("contextbot.kernels.sigmoid runs inside @njit code only")
+    raise NotImplementedError("kernels.sigmoid runs inside @njit code only")
 
 
 @overload(tanh, inline="always", jit_options=_INLINED)

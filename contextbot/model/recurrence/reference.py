@@ -1,21 +1,28 @@
-"""The gates, computed by hand from a layer's own weights, one character at a time.
+"""The reference: the cell's equations, computed readably from a layer's own weights, one token
+at a time, with every gate kept.
 
 `nn.GRU` and `nn.LSTM` run fused kernels that never expose their gates. To *show* what the memory
-is doing, we recompute each step from the layer's weights with the equations of the seeds, and
-check (in the tests) that the state we get equals what the PyTorch module computes.
+is doing, `step` recomputes each step from the layer's weights with the cell's equations
+(below), and tests/model/test_reference.py checks that the state it gets equals what the PyTorch
+module computes. Every fast implementation in this package computes these same equations (the
+package's docstring is the map); this is the one written to be read.
 
-GRU (PyTorch packs the rows as reset, update, new):
+GRU:
     r = σ(W_ir x + b_ir + W_hr h + b_hr)        reset: how much of h to use in the proposal
     z = σ(W_iz x + b_iz + W_hz h + b_hz)        update: how much of h to keep unchanged
     n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))   the proposed new content
     h' = (1 − z) ⊙ n + z ⊙ h
 
-LSTM (rows: input, forget, cell, output):
+LSTM:
     i = σ(·), f = σ(·), g = tanh(·), o = σ(·)   each of W_i x + b_i + W_h h + b_h
     c' = f ⊙ c + i ⊙ g                          forget some memory, write some new
     h' = o ⊙ tanh(c')                           show part of the memory
 
 Vanilla RNN: h' = tanh(W_ih x + b_ih + W_hh h + b_hh), no gates.
+
+The weights hold every gate of a layer in one matrix, one block of `hidden` rows per gate, in
+PyTorch's order: the package's `GATE_ORDER` (GRU r, z, n; LSTM i, f, g, o), defined once next to
+the map of implementations, for every one of them that slices by it.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import torch
 
 from ..network import RecurrentLM, State
 
+#: The gates the UI and `contextbot inspect` show, by name (display order, not packing order).
 GATE_NAMES = {"gru": ("update", "reset"), "lstm": ("input", "forget", "output"), "rnn": ()}
 
 
@@ -59,7 +67,7 @@ def step(model: RecurrentLM, token: int, state: State | None) -> StepTrace:
         h = hs[layer, 0]
         gi = w_ih @ x + b_ih
         gh = w_hh @ h + b_hh
-        if cell == "gru":
+        if cell == "gru":  # the blocks in GATE_ORDER (the package's)
             i_r, i_z, i_n = gi.chunk(3)
             h_r, h_z, h_n = gh.chunk(3)
             r = torch.sigmoid(i_r + h_r)
@@ -68,7 +76,7 @@ def step(model: RecurrentLM, token: int, state: State | None) -> StepTrace:
             h2 = (1 - z) * n + z * h
             gates.append({"update": z, "reset": r})
         elif cell == "lstm":
-            i, f, g, o = (gi + gh).chunk(4)
+            i, f, g, o = (gi + gh).chunk(4)  # GATE_ORDER
             i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
             c2 = f * cs[layer, 0] + i * g
             h2 = o * torch.tanh(c2)

@@ -1,12 +1,15 @@
-"""Training's recurrence: one layer run over a chunk, with its backward pass written out by hand.
+"""Training's recurrence on the CPU: one layer run over a chunk, resetting the state wherever a
+stream starts a new conversation, with its backward pass written out by hand.
 
 `nn.GRU` (and `nn.LSTM`, `nn.RNN`) cannot zero the state in the middle of a sequence, so training
-used to pad every conversation to a whole number of chunks and spend about a fifth of its
-arithmetic on padding. `Scan` runs the same equations (PyTorch's, weight for weight) with a `keep`
-mask: where a new conversation starts at step t, keep[t] = 0 for that stream and the state it
-reads there is zeros. Streams can then hold conversations back to back (data.py).
+would have to pad every conversation to a whole number of chunks and spend about a fifth of its
+arithmetic on padding. `Scan` runs the same equations (reference.py's, weight for weight) with a
+`keep` mask: where a new conversation starts at step t, keep[t] = 0 for that stream and the state
+it reads there is zeros. Streams can then hold conversations back to back (train/batches.py).
+`RecurrentLM._scan` calls it layer by layer; tests/model/test_scan.py holds it to PyTorch's
+modules, forward and backward, and to finite differences.
 
-The backward pass is backpropagation through time spelled out (the seeds' article on BPTT):
+The backward pass is backpropagation through time spelled out:
 
 - the forward loop stores each step's gate activations (and, for a GRU, U_n h + b_hn; for an
   LSTM, c_t and tanh c_t);
@@ -17,22 +20,19 @@ The backward pass is backpropagation through time spelled out (the seeds' articl
 - the recurrent weight's gradient is then one large matrix multiply over every step at once,
   Σ_t dgates_t h_{t−1}ᵀ, rather than a thin one per step.
 
-Each step is then one matrix multiply in PyTorch (U h, or Uᵀ dgates: MKL/oneDNN, both cores) and
-one compiled loop (`_gru_forward`, `_gru_backward`, ...: Numba, see kernels.py) that does all of
-the step's element-wise arithmetic in one pass: σ, tanh, the new state, and in the backward pass
-every gate's gradient. As PyTorch operations that was about ten separate passes over the step's
-block, each 5–25 µs; measured on README's machine, the GRU's loop is about 30 µs a step.
+Each step is then one matrix multiply in PyTorch (U h, or Uᵀ dgates, on every core) and one
+compiled loop (`_gru_forward`, `_gru_backward`, ...: Numba, see kernels.py) that does all of the
+step's element-wise arithmetic in one pass: σ, tanh, the new state, and in the backward pass every
+gate's gradient. Written as PyTorch operations that would be about ten separate passes over the
+step's block, each paying a dispatch and a trip through memory.
 
 Inside, every tensor is laid out with the streams as *columns*: h is (hidden, batch) and a step's
-gates (gates·hidden, batch), so each gate's block (r, z, n) is a contiguous slice of rows. Measured
-on the 2-core machine of README's "Performance" at the then default of 32 streams, an element-wise
-operation on a (256, 32) block took 5–10 µs contiguous and 20–30 µs as a strided slice of a wider
-matrix (before the compiled loops, a step made about ten of them); the (768, 256) x (256, 32)
-recurrent multiply is also faster this way round than as (32, 256) x (256, 768).
+gates (gates·hidden, batch), so each gate's block of rows (the package's `GATE_ORDER`: r, z, n
+for a GRU) is a contiguous slice, which element-wise work reads faster than a strided slice of a
+wider matrix; the (gates·hidden, hidden) x (hidden, batch) recurrent multiply is also the faster
+way round for a narrow batch.
 
 `keep` must hold 0 and 1 only: the state is multiplied by it at the steps that hold a 0.
-
-Gates are packed as PyTorch packs them: GRU (r, z, n), LSTM (i, f, g, o).
 """
 
 from __future__ import annotations
@@ -41,14 +41,16 @@ import torch
 from numba import njit
 from torch.autograd.function import once_differentiable
 
+from . import GATE_ORDER
 from .kernels import JIT, ONE, sigmoid, tanh
 
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+GATES = {cell: len(order) for cell, order in GATE_ORDER.items()}  # blocks of rows per layer
 
 
 # -- the per-step element-wise work, compiled (kernels.py says why) -------------------------------
 # Each takes one step's blocks, (rows, batch) NumPy views of the tensors below, and does in one
-# pass what would otherwise be half a dozen tensor operations.
+# pass what would otherwise be half a dozen tensor operations. Gate g's rows are block g of
+# `GATE_ORDER[cell]`: rows g·hid to (g + 1)·hid.
 
 @njit(**JIT)
 def _gru_forward(gi, gh, h, act, un, out):

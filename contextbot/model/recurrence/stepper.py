@@ -1,41 +1,44 @@
-"""One character at a time, fast: a chat turn's recurrence as one compiled loop.
+"""Chat's recurrence: one conversation, one token at a time, as one compiled loop.
 
 A chat turn feeds the model one token per step: the question's characters, then each generated
 one. For one token the arithmetic is small (a 256-unit GRU needs about half a million
-multiply-adds, a few microseconds of a CPU core), so the time goes elsewhere: `nn.GRU.forward`
-checks its arguments and dispatches a general kernel, `nn.Embedding` and `nn.Linear` each add a
-module call, and even a bare PyTorch or NumPy operation costs a microsecond or more to dispatch.
-A GRU step written as a dozen array operations spends more on those calls than on the sums.
+multiply-adds), so the time goes elsewhere: `nn.GRU.forward` checks its arguments and dispatches a
+general kernel, `nn.Embedding` and `nn.Linear` each add a module call, and even a bare PyTorch or
+NumPy operation has a dispatch cost. A GRU step written as a dozen array operations spends more on
+those calls than on the sums: at this size a call costs more than the arithmetic it runs.
 
 `Stepper` writes the step out once, as plain loops over the module's own weights, and compiles
-it to machine code with Numba (`@njit`): the equations of gates.py, one pass per layer, with no
-call into Python or PyTorch between the characters of a question. Four more savings:
+it to machine code with Numba (`@njit`): reference.py's equations, one pass per layer, gates
+sliced in the package's `GATE_ORDER`, with no call into Python or PyTorch between the characters
+of a question. Four more savings:
 
 - **the input projection is a lookup.** The first layer only ever sees an embedding row, so
   W_ih · embedding[token] + b_ih is precomputed for every token once: a (vocab, gates × hidden)
-  table. A step starts with one row of it instead of an embedding call and a matrix product.
+  table (`RecurrentLM.input_table`). A step starts with one row of it instead of an embedding call
+  and a matrix product.
 - **σ and tanh that vectorise.** `tanh` from the C library is one call per element, and a call
   cannot be vectorised; kernels.py's `tanh` is a rational approximation within 3e-7, so the
-  compiler runs 8 units of a gate at a time.
+  compiler runs several units of a gate at a time.
 - **no output layer while reading.** The question's characters need the state, not a
   prediction, so `feed` computes the vocabulary projection only after the last character.
-- **a whole greedy turn in one call.** `answer` feeds the question, then picks the likeliest
-  character, feeds it, and so on to the end of the line, without coming back to Python in
-  between: a return to Python per character (convert the state, allocate, wrap the result as
-  tensors, argmax, per-layer norms) cost about 20 µs, as much as the character's sums. It keeps
-  the state after every character, so a reply streamed to a reader who stops part-way can still
-  leave the conversation exactly where the reader stopped. Sampling at a temperature goes
-  through `step`, one character per call, because its random draws are PyTorch's.
+- **a whole greedy turn in one call.** `answer` runs the turn protocol (text/turns.py: feed the
+  prompt, pick the likeliest token, feed it, and so on to the end of the line, then feed the
+  newline) without coming back to Python in between: a return to Python per character (convert
+  the state, allocate, wrap the result as tensors, argmax, per-layer norms) costs as much as the
+  character's sums. It keeps the state after every character, so a reply streamed to a reader
+  who stops part-way can still leave the conversation exactly where the reader stopped
+  (`ChatSession` replays it through `turns.drive`). Sampling at a temperature goes through
+  `feed`, one character per call, because its random draws are PyTorch's.
 
-What is left per character is reading the weights (a 256-unit GRU's recurrent matrix is 768 KB
-of float32, the output layer 330 KB), which is why a step costs tens of microseconds rather than
-a few. The result equals `nn.GRU` / `nn.LSTM` / `nn.RNN` up to float rounding
-(tests/test_stepper.py checks 1e-5). The model stays stateless: the caller passes the state in
-and gets a new one; the one passed in is never written to. Weights must live on the CPU (a
-checkpoint loads there). Building a `Stepper` compiles the loops for its weights' dtype (a few
-seconds, once: Numba caches the machine code in the user's cache folder, see kernels.py; `make
-setup` does it at install). A token outside the vocabulary raises IndexError, as nn.Embedding
-does (the loop itself does not check bounds).
+What is left per character is reading the weights (a 256-unit GRU's recurrent matrix and its
+output layer are about a megabyte of float32), which no rewriting of the loop removes. The result
+equals `nn.GRU` / `nn.LSTM` / `nn.RNN` up to float rounding (tests/model/test_stepper.py checks
+1e-5, and that `answer` is `feed` then `step` after `step`). The model stays stateless: the caller
+passes the state in and gets a new one; the one passed in is never written to. Weights must live
+on the CPU (a checkpoint loads there). Building a `Stepper` compiles the loops for its weights'
+dtype, once: Numba caches the machine code in the user's cache folder (kernels.py), and `make
+setup` does it at install. A token outside the vocabulary raises IndexError, as nn.Embedding does
+(the loop itself does not check bounds).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def _run(cell, tokens, table, w_ih, b_ih, w_hh, b_hh, head_w, head_b, h, c, gi, 
             else:
                 _matvec(w_ih[k - 1], h[k - 1], b_ih[k - 1], gi)
             _matvec(w_hh[k], h[k], b_hh[k], gh)
+            # gi and gh hold the gates' blocks of n rows in GATE_ORDER (the package's)
             if cell == 0:  # GRU: h' = n + z (h − n), n = tanh(i_n + r ⊙ h_n)
                 for u in range(n):
                     r = sigmoid(gi[u] + gh[u])
@@ -220,9 +224,10 @@ class Stepper:
     def answer(self, prompt: Sequence[int], state: State, limit: int, stops: Sequence[int],
                end: int) -> Answer:
         """A greedy turn, all of it compiled: feed `prompt`, generate the likeliest token until
-        one of `stops` (not fed) or `limit` tokens, then feed `end`. The same tokens and states,
-        up to float rounding, as `feed`, then `step` after `step` with an argmax between, without
-        a return to Python (~20 µs of calls and conversions) per character."""
+        one of `stops` (not fed) or `limit` tokens, then feed `end`: the turn protocol of
+        text/turns.py, compiled. The same tokens and states, up to float rounding, as `feed`,
+        then `step` after `step` with an argmax between, without a return to Python (its calls
+        and conversions) per character."""
         h, c = self._arrays(state)
         logits = np.empty(self.head_w.shape[0], self.dtype)
         gi, gh = np.empty((2, self.table.shape[1]), self.dtype)
