@@ -21,7 +21,6 @@ itself is stateless; the session owns the state.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -33,9 +32,11 @@ from .model.network import State, layer_norms, mask_state
 from .model.recurrence import reference as gates
 from .model.recurrence.stepper import Answer, Stepper
 from .paths import default_checkpoint
+# clean_question and visible live in text/terminal.py (no PyTorch); they stay public here too.
+from .text.terminal import MAX_QUESTION, clean_question, visible  # noqa: F401
 from .text.turns import END_PART, MAX_REPLY, PROMPT_EXTRA, PROMPT_PART, REPLY_PART, drive, prompt
 
-MAX_QUESTION = 1000  # characters; longer input is refused
+# MAX_QUESTION (text/terminal.py): characters; a longer question is refused (`clean_question`).
 # MAX_REPLY (text/turns.py): tokens; a reply stops there even without a newline. Read from this
 # module at every turn, so a test or a tool may set chat.MAX_REPLY.
 
@@ -47,35 +48,27 @@ class StreamStep(NamedTuple):
     norms: tuple[float, ...]
 
 
-def clean_question(text: str) -> str:
-    """Drop control and format characters (escape sequences, bidi marks, NUL); newlines and tabs
-    become spaces. Raise ValueError if what is left is too long."""
-    if not isinstance(text, str):
-        raise ValueError("a question must be a string")
-    text = "".join(" " if ch in "\t\n\r\v\f" else ch for ch in text)
-    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("C")).strip()
-    if len(text) > MAX_QUESTION:
-        raise ValueError(f"question is too long ({len(text)} characters; at most {MAX_QUESTION})")
-    return text
-
-
-def visible(text: str) -> str:
-    """The bot's text made safe to print: control characters other than tab become U+FFFD (�).
-
-    The counterpart of `clean_question`, for output. Any model can spell any byte (the tokenizer's
-    byte fallback), so a checkpoint from a stranger could reply with ESC sequences that retitle,
-    clear or reprogram the user's terminal, or with a newline spelled as a byte that breaks
-    `contextbot ask`'s one reply a line. The session returns the reply exactly as generated (its
-    text is what the state was fed); whoever prints it to a terminal passes it through here.
-    """
-    return "".join("\ufffd" if unicodedata.category(ch) == "Cc" and ch != "\t" else ch for ch in text)
-
-
 class ChatSession:
     """A chat over one checkpoint; holds the carried hidden state (the model holds none)."""
 
+    #: The smallest sampling temperature: below it, logits / temperature overflows float32 (and
+    #: sampling is greedy in all but name). 0 means greedy.
+    MIN_TEMPERATURE = 1e-3
+
     def __init__(self, ckpt: checkpoint.Checkpoint, *, carry: bool = True, temperature: float = 0.0,
                  top_k: int | None = None, seed: int = 0):
+        import math
+
+        from .errors import ContextbotError
+        if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
+                or not math.isfinite(temperature) or temperature < 0
+                or 0 < temperature < self.MIN_TEMPERATURE):
+            raise ContextbotError(f"temperature must be 0 (greedy) or a finite number from "
+                                  f"{self.MIN_TEMPERATURE:g} up, not {temperature!r:.40}")
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+            raise ContextbotError(f"top_k must be None or a whole number of at least 1, not {top_k!r:.40}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+            raise ContextbotError(f"seed must be a whole number from 0 to 2**64 - 1, not {seed!r:.40}")
         self.checkpoint = ckpt
         self.model = ckpt.model.eval()
         self.tokenizer = ckpt.tokenizer

@@ -10,6 +10,7 @@ is the proof that the right answers come from the carried state.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -102,7 +103,7 @@ def make_item(category: str, rng: random.Random, entities: list[Entity]) -> Item
         if category == "stateless":
             item.zero_before.add(len(talk.turns) - 1)
     elif category == "switch":
-        a = _pick(rng, entities)
+        a = rng.choice(_switchable(entities))
         b = _pick(rng, entities, a.pronoun, exclude=(a,))
         talk.intro(a)
         talk.ask(a.pronoun)
@@ -144,9 +145,26 @@ def make_item(category: str, rng: random.Random, entities: list[Entity]) -> Item
     return item
 
 
+def _switchable(entities: list[Entity]) -> list[Entity]:
+    """The people who have another person of their gender to switch to."""
+    count = Counter(e.pronoun for e in entities)
+    return [e for e in entities if count[e.pronoun] >= 2]
+
+
+def not_applicable(category: str, entities: list[Entity]) -> str | None:
+    """Why a category cannot be built from these people (a note for the report), or None.
+    A facts file needs one man and one woman; only the switch needs two people of one gender."""
+    if category == "switch" and not _switchable(entities):
+        return "needs two people of one gender in the facts file"
+    return None
+
+
 def generate(entities: list[Entity], seed: int = EVAL_SEED, per_category: int = 200) -> list[Item]:
+    """`per_category` conversations of every category that these people allow (not_applicable)."""
     items = []
     for key, _ in CATEGORIES:
+        if not_applicable(key, entities):
+            continue
         rng = random.Random(f"contextbot-eval-{seed}-{key}")
         items += [make_item(key, rng, entities) for _ in range(per_category)]
     return items

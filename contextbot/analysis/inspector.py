@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..chat import visible
+from ..text.terminal import console_for, visible
 from ..errors import ContextbotError
 from ..files import read_text
 from ..model.checkpoint import Checkpoint
@@ -51,7 +51,7 @@ def print_table(ckpt: Checkpoint, turns: list[TurnTrace], console: Console) -> N
     """The rich table: a row per turn."""
     names = gates.GATE_NAMES[ckpt.config.cell]
     legend = ", ".join(f"{n[0]} = {n}" for n in names) if names else "a vanilla RNN has no gates"
-    table = Table(title=header(ckpt), caption=f"gates: {legend}; saturated: below 0.1 or above 0.9",
+    table = Table(title=Text(visible(header(ckpt))), caption=f"gates: {legend}; saturated: below 0.1 or above 0.9",
                   show_lines=True)
     for col, just in (("#", "right"), ("question", "left"), ("reply (carried state)", "left"),
                       ("reply (zeroed state)", "left"), ("carry changed it", "center"),
@@ -82,10 +82,11 @@ def _shade(t: float) -> str | None:
 def print_units(ckpt: Checkpoint, units: Units, turns: list[TurnTrace], console: Console) -> None:
     """The conversation with every character shaded by how strongly the selected units are on,
     then a units x turns grid of the mean z-score."""
-    console.print(header(ckpt), highlight=False)
+    # Paths and phrases are the user's: printed as text, never read as rich markup ("[/x]").
+    console.print(visible(header(ckpt)), highlight=False, markup=False)
     console.print(f"The {len(units.labels)} units most on over {units.phrase!r}: "
                   f"{', '.join(('-' if s < 0 else '') + lab for lab, s in zip(units.labels, units.signs))}"
-                  "  (-: on means strongly negative)", highlight=False)
+                  "  (-: on means strongly negative)", highlight=False, markup=False)
     top = max(float(units.score.max()), 1e-6)
     line = Text()
     for i, ch in enumerate(units.text):
@@ -115,10 +116,12 @@ def print_units(ckpt: Checkpoint, units: Units, turns: list[TurnTrace], console:
     if units.echoes:
         words = ", ".join(f"{e['word']!r} (turn {e['turn']} {e['part']}, {e['score']:+.2f})"
                           for e in units.echoes)
-        console.print(f"After the phrase they are most on again at: {words}", highlight=False)
+        console.print(f"After the phrase they are most on again at: {words}", highlight=False,
+                      markup=False)
 
 
 # -- the command --------------------------------------------------------------------------------
+MAX_CONVERSATIONS = 10_000  # --probe --conversations: far above the default (600), below a hang
 def read_script(path: str | Path) -> list[str]:
     """A file of questions, one per line; blank lines are skipped."""
     path = Path(path)
@@ -139,6 +142,10 @@ def _run(args) -> int:
     paths = args.checkpoint or [None]
     if args.conversations is not None and not args.probe:
         raise ContextbotError("--conversations is for --probe")
+    if args.conversations is not None and not 3 <= args.conversations <= MAX_CONVERSATIONS:
+        raise ContextbotError(f"--conversations must be from 3 to {MAX_CONVERSATIONS}, not "
+                              + (str(args.conversations) if abs(args.conversations) < 10**12
+                                 else f"a number of {len(str(abs(args.conversations)))} digits"))
     plot_path = None
     if args.plot:
         from . import plots
@@ -155,7 +162,7 @@ def _run(args) -> int:
     questions = read_script(args.script) if args.script else (args.questions or seed_questions())
     ckpt = load_checkpoint(paths[0] or default_checkpoint())
     turns = trace_conversation(ckpt, questions, zeroed=args.units is None)
-    console = Console(stderr=args.json)  # with --json, stdout carries only the JSON
+    console = console_for(stderr=args.json)  # with --json, stdout carries only the JSON
     if args.units is not None:
         units = find_units(turns, args.units, ckpt.config.hidden)
         if args.json:
@@ -172,5 +179,5 @@ def _run(args) -> int:
         if plot_path:
             plots.save(plots.conversation_figure(turns, ckpt.config.cell, header(ckpt)), plot_path)
     if plot_path:
-        console.print(f"wrote {plot_path}", highlight=False)
+        console.print(f"wrote {plot_path}", highlight=False, markup=False)
     return 0

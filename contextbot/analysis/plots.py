@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
+import matplotlib
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -43,6 +46,25 @@ def check_path(path: str | Path) -> Path:
     return path
 
 
+#: What the fonts may lack (an emoji, a rare script in a question): drawn as a box, silently.
+QUIET_WARNINGS = (r"Glyph \d+ .*missing from", r"Matplotlib currently does not support")
+
+
+@contextmanager
+def plain_text():
+    """Draw every string as written: paths, phrases and questions are the user's, so `$...$` is
+    not mathtext (a stray `$\\frac` would crash the parser), nothing goes to LaTeX whatever the
+    user's matplotlibrc says, and a character no font has prints no warning. Text objects read
+    these settings when they are made, tick labels when they are drawn: the figure builders
+    and `save` all run inside it."""
+    with matplotlib.rc_context({"text.usetex": False, "text.parse_math": False}), \
+            warnings.catch_warnings():
+        for message in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
+        yield
+
+
+@plain_text()
 def save(fig: Figure, path: Path) -> None:
     """Render and write atomically: a failure leaves no half-written image behind."""
     FigureCanvasAgg(fig)
@@ -109,6 +131,7 @@ def _title(fig: Figure, text: str) -> None:
     fig.suptitle(text, x=1.0 / fig.get_size_inches()[0], ha="left", fontsize=10)
 
 
+@plain_text()
 def conversation_figure(turns, cell: str, title: str) -> Figure:
     """Three panels over the characters: ‖h‖ per layer; the 32 most active units; the mean of
     each gate per layer. A unit's activity is how much it varies over the conversation (its
@@ -158,6 +181,7 @@ def conversation_figure(turns, cell: str, title: str) -> Figure:
     return fig
 
 
+@plain_text()
 def units_figure(turns, units, title: str) -> Figure:
     """LSTMVis-style: the selected units' oriented z-scores over the characters, the phrase
     they were selected on outlined, and their mean above."""
@@ -183,6 +207,7 @@ def units_figure(turns, units, title: str) -> Figure:
     return fig
 
 
+@plain_text()
 def probe_figure(results) -> Figure:
     """Probe accuracy on held-out conversations against the turns since the introduction: one
     line per checkpoint, one panel per question (which person, which gender), chance dotted."""

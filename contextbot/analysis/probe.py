@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..model.checkpoint import Checkpoint
 from ..model.checkpoint import load as load_checkpoint
@@ -51,6 +52,7 @@ from ..errors import ContextbotError
 from ..text.facts import Entity, load_facts
 from ..model.network import RecurrentLM, State
 from ..text.tokenizer import Tokenizer
+from ..text.terminal import console_for
 from ..text.turns import turn_ids
 
 CONVERSATIONS = 600  # generated per checkpoint; a third of them are held out for testing
@@ -261,7 +263,7 @@ def print_results(results: list[ProbeResult], console: Console) -> None:
     table.add_column("turns since", justify="right")
     for target, title in first.titles.items():
         for r in results:
-            table.add_column(f"{title}\n{r.label}", justify="right")
+            table.add_column(Text(f"{title}\n{r.label}"), justify="right")  # a path: not markup
         table.add_column(f"{title}\nchance", justify="right", style="dim")
     for i, d in enumerate(first.distances):
         row = [str(d)]
@@ -272,7 +274,8 @@ def print_results(results: list[ProbeResult], console: Console) -> None:
     console.print(table)
     for r in results:
         fits = ", ".join(f"{t} {a:.1%}" for t, a in r.train_accuracy.items())
-        console.print(f"{r.label}: training accuracy {fits}; {r.seconds:.1f} s", highlight=False)
+        console.print(f"{r.label}: training accuracy {fits}; {r.seconds:.1f} s", highlight=False,
+                      markup=False)
 
 
 def run(paths: list, plot_path: Path | None, as_json: bool, conversations: int = CONVERSATIONS) -> int:
@@ -282,7 +285,7 @@ def run(paths: list, plot_path: Path | None, as_json: bool, conversations: int =
     checkpoints = [load_checkpoint(p) for p in paths]  # every bad path fails before any work
     entities = load_facts(DEFAULT_FACTS)
     results = [probe_checkpoint(c, entities, conversations) for c in checkpoints]
-    console = Console(stderr=as_json)
+    console = console_for(stderr=as_json)
     if as_json:
         sys.stdout.write(json.dumps({"conversations": conversations, "seed": PROBE_SEED,
                                      "max_distance": MAX_DISTANCE,
@@ -292,5 +295,5 @@ def run(paths: list, plot_path: Path | None, as_json: bool, conversations: int =
     if plot_path:
         from . import plots
         plots.save(plots.probe_figure(results), plot_path)
-        console.print(f"wrote {plot_path}", highlight=False)
+        console.print(f"wrote {plot_path}", highlight=False, markup=False)
     return 0

@@ -9,13 +9,15 @@ import time
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from . import evaluate
 from ..paths import DEFAULT_FACTS, DEFAULT_VALID
 from ..text.corpus import read_conversations
 from ..train.batches import encode_conversation
 from ..text.facts import load_facts
-from ..chat import ChatSession, visible
+from ..chat import ChatSession
+from ..text.terminal import console_for, visible
 from ..train.metrics import evaluate_bpc
 
 
@@ -40,11 +42,7 @@ def evaluate_checkpoint(path=None, seed=None, per_category=200, facts=None, vali
         "seed": seed if seed is not None else evaluate.EVAL_SEED,
         "valid_bpc": round(valid_bpc(session, valid or DEFAULT_VALID), 4),
         "seconds": round(time.perf_counter() - t0, 1),
-        "categories": {k: {"label": label, "right": by_cat[k].right, "total": by_cat[k].total,
-                           "accuracy": round(by_cat[k].accuracy, 4),
-                           "target": "%s %.2f" % evaluate.target_for(k),
-                           "meets": evaluate.meets(k, by_cat[k].accuracy),
-                           "wrong_examples": by_cat[k].examples}
+        "categories": {k: _category(k, label, by_cat[k], evaluate.not_applicable(k, entities))
                        for k, label in evaluate.CATEGORIES},
         "by_distance": {str(d): {"right": r.right, "total": r.total, "accuracy": round(r.accuracy, 4)}
                         for d, r in by_dist.items()},
@@ -54,20 +52,41 @@ def evaluate_checkpoint(path=None, seed=None, per_category=200, facts=None, vali
     }
 
 
+def _category(key: str, label: str, result: evaluate.Result, not_applicable: str | None) -> dict:
+    """One category's entry. A category that the facts file's people cannot make (eval's
+    `not_applicable`, e.g. a switch with one man and one woman) has no conversations: its
+    accuracy and `meets` are null and `not_applicable` says why."""
+    return {"label": label, "right": result.right, "total": result.total,
+            "accuracy": None if not_applicable else round(result.accuracy, 4),
+            "target": "%s %.2f" % evaluate.target_for(key),
+            "meets": None if not_applicable else evaluate.meets(key, result.accuracy),
+            "not_applicable": not_applicable,
+            "wrong_examples": result.examples}
+
+
 def print_report(r: dict, console: Console) -> None:
     cfg = r["config"]
-    table = Table(title=f"{r['checkpoint']}  ({cfg['cell']}, {cfg['layers']}x{cfg['hidden']}, "
-                        f"step {r['step']})")
+    # The checkpoint's path is the user's text: a Text, so that "[...]" in it is not read as markup.
+    table = Table(title=Text(f"{visible(r['checkpoint'])}  ({cfg['cell']}, {cfg['layers']}x{cfg['hidden']}, "
+                             f"step {r['step']})"))
     table.add_column("category")
     table.add_column("right", justify="right")
     table.add_column("of", justify="right")
     table.add_column("accuracy", justify="right")
     table.add_column("target", justify="right")
+    skipped = []
     for k, c in r["categories"].items():
+        if c.get("not_applicable"):
+            skipped.append(c)
+            table.add_row(c["label"], "-", "-", "n/a", "n/a")
+            continue
         mark = "[green]✓[/]" if c["meets"] else "[red]✗[/]"
         table.add_row(c["label"], str(c["right"]), str(c["total"]), f"{c['accuracy']:.1%}",
                       f"{c['target']} {mark}")
     console.print(table)
+    for c in skipped:
+        console.print(f"not applicable: {escape(c['label'])} ({escape(c['not_applicable'])})",
+                      highlight=False, soft_wrap=True)
     dist = "  ".join(f"{d}: {v['accuracy']:.0%}" for d, v in r["by_distance"].items())
     console.print(f"accuracy by small-talk turns since the introduction: {dist}")
     if r["unseen_by_phrasing"]:
@@ -88,5 +107,5 @@ def run_eval(args) -> int:
     if args.json:
         sys.stdout.write(json.dumps(r) + "\n")
     else:
-        print_report(r, Console())
+        print_report(r, console_for())
     return 0

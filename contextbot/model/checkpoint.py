@@ -19,9 +19,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors.torch import load as st_load
@@ -55,7 +57,7 @@ class Checkpoint:
 
     @property
     def train_options(self) -> dict:
-        return json.loads(self.metadata.get("train", "{}"))
+        return _json(self.metadata.get("train", "{}"))
 
 
 def save(path: str | Path, model: RecurrentLM, tokenizer: Tokenizer, *, step: int,
@@ -81,43 +83,81 @@ def save(path: str | Path, model: RecurrentLM, tokenizer: Tokenizer, *, step: in
     write_atomic(Path(path), data)
 
 
-def _read_header(data: bytes, name: str) -> dict:
-    if len(data) < 8:
+def _json(text: str | bytes):
+    """`json.loads`, with nesting too deep for Python's recursion limit turned into ValueError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _read_header(f: BinaryIO, size: int, name: str) -> tuple[bytes, dict]:
+    """Read the 8-byte length and the JSON header, and nothing more: (their raw bytes, header).
+
+    The length is checked against MAX_HEADER and the file's size before a byte of the header is
+    read, so a file that is not a checkpoint costs at most 8 bytes plus a bounded header.
+    """
+    if size < 8:
         raise ContextbotError(f"{name}: not a contextbot checkpoint (file too short)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > MAX_HEADER or n > len(data) - 8:
+    prefix = f.read(8)
+    if len(prefix) < 8:
+        raise ContextbotError(f"{name}: not a contextbot checkpoint (file too short)")
+    (n,) = struct.unpack("<Q", prefix)
+    if n > MAX_HEADER or n > size - 8:
         raise ContextbotError(f"{name}: not a safetensors checkpoint (header claims {n} bytes; "
                               "the file may be a pickle, truncated or damaged)")
+    raw = f.read(n)
+    if len(raw) < n:
+        raise ContextbotError(f"{name}: not a safetensors checkpoint (truncated header)")
     try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = _json(raw.decode("utf-8"))
+    except UnicodeDecodeError:
         raise ContextbotError(f"{name}: not a safetensors checkpoint (unreadable header)") from None
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError; so is too deep a nesting
+        what = "header nested too deeply" if "nested" in str(exc) else "unreadable header"
+        raise ContextbotError(f"{name}: not a safetensors checkpoint ({what})") from None
     if not isinstance(header, dict):
         raise ContextbotError(f"{name}: not a safetensors checkpoint (header is not an object)")
-    return header
+    return prefix + raw, header
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Read and validate a checkpoint. Every problem is a one-line `ContextbotError`."""
-    path = Path(path)
-    name = str(path)
-    if path.is_dir():
-        raise ContextbotError(f"{name}: is a directory, not a checkpoint file")
-    if path.exists() and not path.is_file():  # /dev/zero or a pipe would be read forever
-        raise ContextbotError(f"{name}: not a regular file")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ContextbotError(f"{name}: no such checkpoint") from None
-    except OSError as exc:
-        raise ContextbotError(f"{name}: cannot read ({exc.strerror})") from None
-    header = _read_header(data, name)
+def _check_offsets(name: str, header: dict, data_size: int) -> None:
+    """Check every tensor's declared byte range against the data the file holds, before reading it.
+
+    Safetensors requires the ranges to cover the data exactly; a file whose ranges reach past
+    its end (or leave gigabytes unclaimed after them) is refused without reading its data.
+    """
+    end_max = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+            raise ContextbotError(f"{name}: damaged tensor data (tensor {key[:60]!r} has no valid "
+                                  "data_offsets)")
+        if offsets[1] > data_size:
+            raise ContextbotError(f"{name}: damaged tensor data (tensor {key[:60]!r} ends at byte "
+                                  f"{offsets[1]}, past the end of the file's {data_size} bytes of "
+                                  "data; truncated?)")
+        end_max = max(end_max, offsets[1])
+    if end_max != data_size:
+        raise ContextbotError(f"{name}: damaged tensor data (the tensors cover {end_max} of the "
+                              f"file's {data_size} bytes of data)")
+
+
+def _check_metadata(name: str, header: dict) -> tuple[dict[str, str], ModelConfig, int, Tokenizer]:
+    """Validate `__metadata__` (format, version, config, step, tokenizer, train): (meta, config,
+    step, tokenizer). Needs only the header."""
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict):
         raise ContextbotError(f"{name}: not a safetensors checkpoint (metadata is not an object)")
     if meta.get("format") != FORMAT:
         raise ContextbotError(f"{name}: a safetensors file, but not a contextbot checkpoint "
                               "(no 'format: contextbot' in its metadata)")
+    bad = next((k for k, v in meta.items() if not isinstance(v, str)), None)
+    if bad is not None:  # safetensors metadata is strings only
+        raise ContextbotError(f"{name}: checkpoint metadata is damaged ({str(bad)[:60]!r} is not a string)")
     try:
         version = int(meta.get("version", ""))
     except ValueError:
@@ -129,12 +169,15 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
         if key not in meta:
             raise ContextbotError(f"{name}: checkpoint metadata lacks '{key}'")
     try:
-        config = ModelConfig.from_dict(json.loads(meta["config"]))
+        config_dict = _json(meta["config"])
+        if not isinstance(config_dict, dict):
+            raise ValueError("'config' is not a JSON object")
+        config = ModelConfig.from_dict(config_dict)
         step = int(meta["step"])
         proto = base64.b64decode(meta["tokenizer"], validate=True)
-        if not isinstance(json.loads(meta.get("train", "{}")), dict):  # read by `train --resume`
+        if not isinstance(_json(meta.get("train", "{}")), dict):  # read by `train --resume`
             raise ValueError("'train' is not a JSON object")
-    except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:  # JSONDecodeError: a ValueError
         raise ContextbotError(f"{name}: checkpoint metadata is damaged ({exc})") from None
     except ContextbotError as exc:
         raise ContextbotError(f"{name}: {exc}") from None
@@ -142,6 +185,37 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     if tokenizer.vocab_size != config.vocab_size:
         raise ContextbotError(f"{name}: tokenizer has {tokenizer.vocab_size} pieces but the model "
                               f"expects {config.vocab_size}")
+    return meta, config, step, tokenizer
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Read and validate a checkpoint. Every problem is a one-line `ContextbotError`.
+
+    The order bounds what a bad file costs: the 8-byte length, then the header (at most
+    MAX_HEADER), then the metadata and every tensor's byte range are checked against the file's
+    size; only then is the tensor data read.
+    """
+    path = Path(path)
+    name = str(path)
+    if path.is_dir():
+        raise ContextbotError(f"{name}: is a directory, not a checkpoint file")
+    if path.exists() and not path.is_file():  # /dev/zero or a pipe would be read forever
+        raise ContextbotError(f"{name}: not a regular file")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head, header = _read_header(f, size, name)
+            meta, config, step, tokenizer = _check_metadata(name, header)
+            _check_offsets(name, header, size - len(head))
+            data = head + f.read()
+    except FileNotFoundError:
+        raise ContextbotError(f"{name}: no such checkpoint") from None
+    except IsADirectoryError:
+        raise ContextbotError(f"{name}: is a directory, not a checkpoint file") from None
+    except OSError as exc:
+        raise ContextbotError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    if len(data) != size:
+        raise ContextbotError(f"{name}: the file changed while it was read")
     try:
         tensors = st_load(data)
     except Exception as exc:  # safetensors raises its own SafetensorError on bad offsets/dtypes

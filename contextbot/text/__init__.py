@@ -5,7 +5,8 @@
 - `facts`: the people of facts.json and the sentences that state their facts;
 - `dialogue`: generated conversations about them, with their right answers;
 - `corpus`: building and reading corpus files;
-- `referents`: who "he" and "she" mean at each point of a conversation (training's labels).
+- `referents`: who "he" and "she" mean at each point of a conversation (training's labels);
+- `terminal`: text between a terminal and the model, made safe in both directions.
 
 Nothing in this package imports PyTorch (a test checks), so `contextbot corpus` starts quickly.
 """

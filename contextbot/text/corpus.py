@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ContextbotError
-from ..files import write_atomic
-from ..paths import DEFAULT_FACTS
+from ..files import check_writable, write_atomic
+from ..paths import CHECKPOINTS, CORPUS, DEFAULT_FACTS, SHIPPED
 from .dialogue import format_conversation, training_conversation
 from .facts import load_facts
 from .turns import ANSWER, QUESTION, TURN_EXTRA, parse_line
@@ -28,23 +28,54 @@ TRAIN_CONVERSATIONS = 6000
 VALID_CONVERSATIONS = 300
 
 
-def build(facts: str | Path = DEFAULT_FACTS, seed: int = 1, out_dir: str | Path | None = None,
+def build(facts: str | Path | None = None, seed: int = 1, out_dir: str | Path | None = None,
           train_conversations: int = TRAIN_CONVERSATIONS,
           valid_conversations: int = VALID_CONVERSATIONS) -> tuple[Path, Path]:
-    """Write train.txt and valid.txt next to the facts file (or into `out_dir`), deterministically
-    for a seed. Validation uses a different random stream, so its conversations are new ones."""
+    """Write train.txt and valid.txt, deterministically for a seed, and return their full paths.
+    Validation uses a different random stream, so its conversations are new ones.
+
+    Where: into `out_dir` if given; else beside `facts` if given; else (the shipped facts) into
+    the current folder (`output_folder`). Everything is checked before anything is written: the
+    facts, both texts, and that both files can be written; each file is then replaced atomically,
+    so a failure leaves the old corpus as it was."""
+    out = output_folder(facts, out_dir)
+    facts = facts if facts is not None else DEFAULT_FACTS
     entities = load_facts(facts)
-    out = Path(out_dir) if out_dir else Path(facts).resolve().parent
-    paths = []
+    texts = []
     for name, count, stream in (("train.txt", train_conversations, 0),
                                 ("valid.txt", valid_conversations, 1)):
         rng = random.Random(f"contextbot-corpus-{seed}-{stream}")
         text = "\n".join(format_conversation(training_conversation(rng, entities))
                          for _ in range(count))
-        path = out / name
-        write_atomic(path, text.encode("utf-8"))
-        paths.append(path)
-    return paths[0], paths[1]
+        longest = max((len(line) for line in text.split("\n")), default=0)
+        if longest > MAX_LINE:  # load_facts bounds every value: not expected to happen
+            raise ContextbotError(f"{facts}: a generated line of {longest} characters (at most {MAX_LINE})")
+        texts.append((out / name, text.encode("utf-8")))
+    for path, _ in texts:
+        if path.is_dir():
+            raise ContextbotError(f"{path}: is a directory; nothing was written")
+        check_writable(path)
+    for path, data in texts:
+        write_atomic(path, data)
+    return texts[0][0], texts[1][0]
+
+
+def output_folder(facts: str | Path | None, out_dir: str | Path | None) -> Path:
+    """Where `build` writes, as a full path: `out_dir`; else the facts file's folder; else the
+    current folder. Without either, it refuses to write into contextbot's own files (the shipped
+    corpus, the checkpoints, the package): rebuilding the shipped corpus is asked for by name,
+    `--facts corpus/facts.json` or `--out-dir corpus`."""
+    if out_dir is not None:
+        return Path(out_dir).resolve()
+    if facts is not None:
+        return Path(facts).resolve().parent
+    here = Path.cwd().resolve()
+    package = Path(__file__).resolve().parent.parent
+    if here == SHIPPED.resolve() or any(here.is_relative_to(p.resolve()) for p in (CORPUS, CHECKPOINTS, package)):
+        raise ContextbotError(f"{here} holds contextbot's shipped files; corpus build without --facts "
+                              f"writes into the current folder: run it elsewhere, or say where with "
+                              f"--out-dir (or --facts {DEFAULT_FACTS} to rebuild the shipped corpus)")
+    return here
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from .facts import ATTRIBUTES, PRONOUN_FORMS, Entity
+from .facts import ATTRIBUTES, PRONOUN_FORMS, Entity, name_key
 from .turns import conversation
 
 # {s} subject pronoun (he/she), {p} possessive (his/her), {o} object (him/her).
@@ -85,14 +85,15 @@ def fill(template: str, pronoun: str) -> str:
 
 def unknown_name(rng: random.Random, known: list[Entity]) -> str:
     """A made-up name that is not in facts.json; sometimes a known first name with a new surname,
-    so that the bot has to read the whole name."""
-    known_names = {e.name.lower() for e in known}
+    so that the bot has to read the whole name. Not a known name in any case (facts.name_key):
+    "KA ZED" is not made up if "Ka Zed" is known."""
+    known_names = {name_key(e.name) for e in known}
     while True:
         def word() -> str:
             return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 3))).capitalize()
         first = rng.choice(known).name.split()[0] if rng.random() < 0.2 else word()
         name = f"{first} {word()}"
-        if name.lower() not in known_names:
+        if name_key(name) not in known_names:
             return name
 
 

@@ -23,13 +23,16 @@ where does he live?" must know X by the time it answers (train/batches.py places
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
+import sys
+import unicodedata
 
 from .corpus import Conversation
 from .dialogue import UNKNOWN_PERSON
-from .facts import Entity
+from .facts import Entity, name_key
 
 NOBODY, UNKNOWN = 0, 1  # classes; person i of facts.json is class 2 + i
 PRONOUNS = ("he", "she")
@@ -41,10 +44,24 @@ class Referents:
     def __init__(self, entities: list[Entity]):
         self.entities = list(entities)
         self.classes = len(self.entities) + 2
-        names = sorted(self.entities, key=lambda e: -len(e.name))  # longest first: no prefix wins
-        self._pattern = re.compile("|".join(r"(?<!\w)" + re.escape(e.name) + r"(?!\w)" for e in names),
-                                   re.IGNORECASE) if names else None
-        self._by_name = {e.name.lower(): i for i, e in enumerate(self.entities)}
+        # Names are found in the question's name_key (facts.py), the one form that every case the
+        # corpus writes a name in folds to; the pattern matches keys literally, so what it finds
+        # is always a key of the table. The first of two people with one key wins (load_facts
+        # refuses such files).
+        self._by_key: dict[str, int] = {}
+        for i, e in enumerate(self.entities):
+            self._by_key.setdefault(name_key(e.name), i)
+        keys = sorted(self._by_key, key=lambda k: (-len(k), k))  # longest first: no prefix wins
+        inside = _word_chars()  # a name is a whole word: no letter, digit or combining mark beside it
+        self._pattern = re.compile(
+            f"(?<![{inside}])(?:" + "|".join(map(re.escape, keys)) + f")(?![{inside}])"
+        ) if keys else None
+
+    def people_in(self, question: str) -> list[int]:
+        """The indices of the people a question names, in the order it names them."""
+        if self._pattern is None:
+            return []
+        return [self._by_key[m.group(0)] for m in self._pattern.finditer(name_key(question))]
 
     def turns(self, conv: Conversation) -> list[tuple[tuple[int, int], tuple[int, int]]]:
         """Per turn: ((he, she) while its question is read, (he, she) from its answer on)."""
@@ -54,9 +71,8 @@ class Referents:
             before = (slots["he"], slots["she"])
             if answer == UNKNOWN_PERSON:
                 slots = {"he": UNKNOWN, "she": UNKNOWN}
-            elif self._pattern is not None:
-                for m in self._pattern.finditer(question):
-                    i = self._by_name[m.group(0).lower()]
+            else:
+                for i in self.people_in(question):
                     slots[self.entities[i].pronoun] = 2 + i
             out.append((before, (slots["he"], slots["she"])))
         return out
@@ -71,4 +87,19 @@ class Referents:
     def names_any(self, convs: list[Conversation]) -> bool:
         """Whether any conversation names a known person: without that there is nothing to learn."""
         return self._pattern is not None and any(
-            self._pattern.search(q) for c in convs for q, _ in c.turns)
+            self._pattern.search(name_key(q)) for c in convs for q, _ in c.turns)
+
+
+@functools.cache
+def _word_chars() -> str:
+    """A regular-expression class body for the characters that continue a word: `\\w` and the
+    combining marks, which `\\w` leaves out (the key of "ALİ" is "ali" and a combining dot: not
+    the name "Ali")."""
+    marks = [c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c))[0] == "M"]
+    ranges, start, prev = [], marks[0], marks[0]
+    for c in marks[1:] + [-1]:
+        if c != prev + 1:
+            ranges.append(re.escape(chr(start)) + ("-" + re.escape(chr(prev)) if prev > start else ""))
+            start = c
+        prev = c
+    return r"\w" + "".join(ranges)

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from ..errors import ContextbotError
 from ..files import remove_stale_temporaries
 from ..model import checkpoint
 from ..model.network import RecurrentLM, State, detach_state
@@ -52,7 +53,7 @@ from .batches import (
     encode_conversation,
 )
 from .metrics import LN2, evaluate_bpc
-from .options import TrainOptions
+from .options import TrainOptions, check_batch
 
 
 def train(o: TrainOptions, console: Console | None = None,
@@ -97,7 +98,10 @@ class Run:
     step: int = 0  # steps taken, by all runs of this model together
     state: State | None = None  # the carried hidden state, (layers, batch, hidden) each
     seconds_before: float = 0.0  # training time of the runs this one resumes
-    note: str | None = None  # a warning to print once training starts
+    note: str | None = None  # warnings to print once training starts, a line each
+    saved_step: int | None = None  # the step of the last checkpoint in `out` from this model, if any
+    finite: bool = True  # whether the last step's loss and gradient norm were finite (this rank's)
+    loss_finite: bool = True  # the loss alone
 
 
 def prepare(o: TrainOptions, world: distributed.World) -> Run:
@@ -111,14 +115,16 @@ def prepare(o: TrainOptions, world: distributed.World) -> Run:
     with distributed.joined(world):
         o.validate()
         convs, stats = load_corpus(o.corpus)
+        valid_convs = list(read_conversations(o.valid)) if o.valid else None
         saved = resume.load(out, o, stats.sha256) if o.resume else None
-        tok = saved.tokenizer if saved is not None else train_tokenizer(convs, o)
+        check_batch(o, len(convs))  # before any stream is laid out
         world.check(o.batch)  # --batch is the total: every rank takes batch / world.size streams
+        tok = saved.tokenizer if saved is not None else train_tokenizer(convs, o)
         referents, facts = find_referents(o, convs)
         if saved is not None:
             resume.check_referents(out, saved, referents.key() if referents is not None else "", facts)
         encoded = [encode_conversation(c, tok, o.answer_weight, referents) for c in convs]
-        valid = [encode_conversation(c, tok, 1.0) for c in read_conversations(o.valid)] if o.valid else None
+        valid = [encode_conversation(c, tok, 1.0) for c in valid_convs] if valid_convs is not None else None
         schedule = batch_schedule(encoded, o, world.device)
 
         torch.manual_seed(o.seed)  # the same initial weights on every rank
@@ -129,13 +135,15 @@ def prepare(o: TrainOptions, world: distributed.World) -> Run:
         world.seed_rng(o.seed, saved.train_tensors if saved is not None else None)
     net = world.wrap(model)  # DDP under torchrun: backward all-reduces the gradients
     model.train()
-    note = (f"note: no facts file names anyone in {o.corpus} (looked for {facts}; pass --facts): "
-            "training without the referent signal"
-            if o.referent_weight > 0 and referents is None and world.is_main else None)
+    notes = [o.valid_note] if o.valid_note else []
+    if o.referent_weight > 0 and referents is None:
+        notes.append(f"note: no facts file names anyone in {o.corpus} (looked for {facts}; pass --facts): "
+                     "training without the referent signal")
     return Run(o=o, world=world, out=out, tok=tok, corpus_sha256=stats.sha256, schedule=schedule,
                valid=valid, referents=referents, model=model, net=net, opt=opt, step=step, state=state,
                seconds_before=saved.train_options.get("seconds", 0.0) if saved is not None else 0.0,
-               note=note)
+               note="\n".join(notes) if notes and world.is_main else None,
+               saved_step=saved.step if saved is not None else None)
 
 
 def load_corpus(path: str) -> tuple[list, CorpusStats]:
@@ -201,7 +209,11 @@ def train_step(run: Run, b: Batch) -> float:
 
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(run.model.parameters(), o.clip)
+    norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), o.clip)
+    # A diverged step (NaN or infinite loss or gradient norm) is noted here, in one read from the
+    # device, and `fit` stops the run before anything is saved.
+    loss_ok, norm_ok = torch.stack([torch.isfinite(loss.detach()), torch.isfinite(norm)]).tolist()
+    run.loss_finite, run.finite = loss_ok, loss_ok and norm_ok
     run.opt.step()
     run.state = detach_state(run.state)  # truncated BPTT: keep the values, cut the graph
     run.step += 1
@@ -245,8 +257,15 @@ def fit(run: Run, console: Console,
                     g["lr"] = learning_rate(o, run.step)
                 nats = train_step(run, b)
 
-                # The whole job's loss and characters; one rank out of time stops every rank.
-                nats, chars, late_ranks = world.sum(nats, float(b.chars.sum()), float(clock.late()))
+                # The whole job's loss and characters; one rank out of time stops every rank, and
+                # one rank's non-finite loss or gradient stops every rank, at the same step.
+                nats, chars, late_ranks, bad_loss, bad_grad = world.sum(
+                    nats, float(b.chars.sum()), float(clock.late()), float(not run.loss_finite),
+                    float(not run.finite))
+                if bad_loss > 0 or not math.isfinite(nats):
+                    diverged(run, "the loss is")
+                if bad_grad > 0:
+                    diverged(run, "the gradient norm is")
                 stop = late_ranks > 0
                 log.add(nats, chars)
                 if world.is_main and run.valid and (run.step % o.eval_every == 0 or run.step == o.steps):
@@ -292,10 +311,41 @@ def call_back(on_checkpoint: Callable[[int, RecurrentLM], bool] | None, run: Run
         return bool(on_checkpoint(run.step, run.model))
 
 
+def diverged(run: Run, what: str) -> None:
+    """Stop a run that has diverged, every rank together (the caller's test is on values all
+    ranks share), without saving: the checkpoint on disk stays the last good one. Rank 0 says so
+    in one line; the other ranks exit quietly."""
+    run.world.leave()
+    if not run.world.is_main:
+        raise SystemExit(2)
+    if run.saved_step is not None:
+        kept = f"{run.out} still holds the last good checkpoint (step {run.saved_step})"
+    else:
+        kept = f"nothing was saved to {run.out}"
+    raise ContextbotError(f"step {run.step}: {what} not finite (the run diverged; try a lower --lr); {kept}")
+
+
+def all_finite(run: Run) -> tuple[bool, str]:
+    """Whether this rank's weights, optimizer state and carried state are all finite, and if not,
+    which of them is not."""
+    parts = (("the weights are", list(run.model.parameters())),
+             ("the optimizer state is", list(resume.optimizer_tensors(run.opt).values())),
+             ("the carried state is", list(resume.state_tensors(run.state).values())))
+    for what, tensors in parts:
+        if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors):
+            return False, what
+    return True, ""
+
+
 def save(run: Run, clock: Clock) -> None:
     """Write the checkpoint: weights, tokenizer, and all that --resume needs (resume.py). Every
-    rank takes part, since the gathers are collectives; rank 0 writes."""
+    rank takes part, since the gathers are collectives; rank 0 writes. Weights, optimizer state
+    or carried state that are not finite are never written: the run stops (on every rank) and the
+    last good checkpoint stays."""
     world = run.world
+    finite, what = all_finite(run)
+    if world.sum(float(not finite))[0] > 0:
+        diverged(run, what or "another process's state is")
     tensors = (resume.optimizer_tensors(run.opt) | resume.state_tensors(world.gather_state(run.state))
                | world.gather_rng())
     if not world.is_main:
@@ -305,6 +355,7 @@ def save(run: Run, clock: Clock) -> None:
                            device=world.device, processes=world.size)
     checkpoint.save(run.out, run.model, run.tok, step=run.step, corpus_sha256=run.corpus_sha256,
                     train_options=meta, train_tensors=tensors)
+    run.saved_step = run.step
 
 
 def summary(run: Run, log: Log, seconds: float) -> dict:
@@ -322,9 +373,22 @@ def summary(run: Run, log: Log, seconds: float) -> dict:
 
 
 def resume_command(o: TrainOptions, out: Path) -> str:
-    """The command that continues this run, for the user to copy."""
-    return shlex.join(["contextbot", "train", "--corpus", o.corpus, "--out", str(out),
-                       "--steps", str(o.steps), "--resume"])
+    """The command that continues this run, for the user to copy: every flag that is not in the
+    checkpoint's recipe and that the run needs (the data, the output, when to stop, evaluate and
+    save, the summary), quoted for the shell. The recipe comes from the checkpoint."""
+    argv = ["contextbot", "train", "--corpus", o.corpus, "--valid", o.valid or "none"]
+    if o.facts:
+        argv += ["--facts", o.facts]
+    argv += ["--out", str(out), "--steps", str(o.steps)]
+    if o.minutes is not None:
+        argv += ["--minutes", repr(o.minutes)]
+    defaults = {f.name: f.default for f in fields(TrainOptions)}
+    for name in ("checkpoint_every", "eval_every"):
+        if getattr(o, name) != defaults[name]:
+            argv += ["--" + name.replace("_", "-"), str(getattr(o, name))]
+    if o.json:
+        argv.append("--json")
+    return shlex.join(argv + ["--resume"])
 
 
 def progress_bar(console: Console, o: TrainOptions, world: distributed.World) -> Progress:

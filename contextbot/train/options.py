@@ -17,13 +17,15 @@ Two kinds of default are not written here:
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import ContextbotError
 from ..model.network import CELLS, ModelConfig
-from ..paths import DEFAULT_TRAIN, DEFAULT_VALID, SHIPPED
+from ..paths import DEFAULT_TRAIN, SHIPPED
 from ..text.tokenizer import KINDS
 
 # ModelConfig's field defaults, by name: the model options' defaults.
@@ -40,6 +42,24 @@ CELL_RECIPES: dict[str, dict[str, Any]] = {
     "lstm": {"lr": 4e-3, "chrono_fraction": 0.5, "seq_len": 128},
     "rnn": {"batch": 32, "seq_len": 256},
 }
+
+# Bounds on what one run may ask for, far above any recipe here (16 x 192 tokens a step, 256 units)
+# but below what would allocate tens of GB: a typo (--seq-len 1920000) or a hostile checkpoint's
+# recipe is one line of error before any allocation, not an out-of-memory crash minutes later.
+MAX_BATCH = 1 << 16
+MAX_SEQ_LEN = 1 << 16
+MAX_TOKENS_PER_STEP = 1 << 20  # batch x seq_len
+MAX_PARAMETERS = 1 << 28  # about 268 million: 1 GB of weights, 3 GB with AdamW's moments
+MAX_LAYERS = 256
+MAX_SIZE = 1 << 16  # --hidden, --embed
+MAX_VOCAB = 1 << 20
+MAX_STEPS = 10 ** 12
+# AdamW steps by lr / (1 - beta1) in float32 (at most 3.4e38): a larger --lr is an overflow error
+# inside the optimizer, not a divergence. Loss weights beyond a million only scale the loss to inf.
+MAX_LR = 1e30
+MAX_WEIGHT = 1e6
+GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # weight matrices per layer and input
+CHAR_VOCAB = 1024  # a char tokenizer's pieces at most, for the parameter estimate: 256 bytes + characters
 
 
 def option(default: Any, help: str, **flag: Any) -> Any:
@@ -61,7 +81,8 @@ class TrainOptions:
 
     # -- data and output ------------------------------------------------------------------------
     corpus: str = option(str(DEFAULT_TRAIN), "training corpus")
-    valid: str | None = option(str(DEFAULT_VALID), "validation corpus ({default}; 'none' to skip)")
+    valid: str | None = option("", "validation corpus ({default}; 'none' to skip)",
+                               shown="valid.txt beside --corpus, if there is one")
     out: str = option("checkpoints/model.safetensors", "checkpoint to write (PATH.safetensors)",
                       required=True)
     # -- the model -------------------------------------------------------------------------------
@@ -113,11 +134,37 @@ class TrainOptions:
               "min_lr_ratio", "warmup", "weight_decay", "clip", "answer_weight", "referent_weight",
               "chrono_tmax", "chrono_fraction", "chrono_spread", "seed", "tokenizer", "vocab_size")
 
+    # The options the user gave, by name: `from_args` sets the flags given on the command line;
+    # for options built in Python, __post_init__ takes those set to other than their default.
+    # `--resume` refuses a given recipe option that differs from the checkpoint's (resume.load).
+    given = frozenset()  # not annotated: not a field, so not an option
+    # The note to print when --valid was left to its default and no valid.txt lies beside --corpus.
+    valid_note = None  # str | None
+
     def __post_init__(self) -> None:
+        for name in ("corpus", "valid", "out", "facts"):  # a Path from Python is as good as a str
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
         recipe = CELL_RECIPES.get(self.cell, {})  # an unknown cell is validate()'s to refuse
+        given = set()
         for f in fields(self):
-            if "per_cell" in f.metadata and getattr(self, f.name) is None:
-                setattr(self, f.name, recipe.get(f.name, f.metadata["per_cell"]))
+            value = getattr(self, f.name)
+            if "per_cell" in f.metadata:
+                if value is None:
+                    setattr(self, f.name, recipe.get(f.name, f.metadata["per_cell"]))
+                    continue
+                given.add(f.name)
+            elif not _same(value, f.default):
+                given.add(f.name)
+        self.given = frozenset(given)
+        if self.valid == "":  # the default: the valid.txt that `corpus build` writes beside the corpus
+            beside = Path(self.corpus).with_name("valid.txt") if isinstance(self.corpus, str) else None
+            if beside is not None and beside.is_file():
+                self.valid = str(beside)
+            else:
+                self.valid = None
+                self.valid_note = (f"note: no valid.txt beside {self.corpus} (pass --valid FILE): "
+                                   "training without validation")
 
     def recipe(self) -> dict:
         return {k: getattr(self, k) for k in self.RECIPE}
@@ -128,23 +175,130 @@ class TrainOptions:
         return ModelConfig(vocab_size=vocab_size, referents=referents, **shape)
 
     def validate(self) -> None:
-        """Refuse what cannot train, as one line that names the flag."""
-        if self.cell not in CELLS:
-            raise ContextbotError(f"--cell must be one of {', '.join(CELLS)}")
-        if self.seq_len < 0:
-            raise ContextbotError("--seq-len must be at least 1, or 0 for whole conversations")
-        for name in ("hidden", "layers", "embed", "batch", "steps", "checkpoint_every",
-                     "eval_every", "warmup", "vocab_size"):
+        """Refuse what cannot train, as one line that names the flag: before any allocation, any
+        step, and any file is written."""
+        self.validate_types()
+        self.validate_recipe()
+        for name in ("steps", "checkpoint_every", "eval_every"):
             if getattr(self, name) < 1:
                 raise ContextbotError(f"{flag_name(name)} must be at least 1")
-        if not self.lr > 0:
-            raise ContextbotError("--lr must be positive")
-        if self.minutes is not None and not self.minutes > 0:
-            raise ContextbotError("--minutes must be positive")
-        if not 0 <= self.dropout < 1:
-            raise ContextbotError("--dropout must be in [0, 1)")
-        if not self.referent_weight >= 0:
-            raise ContextbotError("--referent-weight must be at least 0")
+        if self.steps > MAX_STEPS:
+            raise ContextbotError(f"--steps must be at most {MAX_STEPS:,}")
+        if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
+            raise ContextbotError("--minutes must be a positive number")
+        self.validate_paths()
+
+    def validate_types(self) -> None:
+        """Every option of its field's type: a whole number where one is needed (not True), any
+        number for a float, text for a path or a choice; None only where the field allows it."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kinds = {k.strip() for k in str(f.type).split("|")}
+            if value is None and "None" in kinds and "per_cell" not in f.metadata:
+                continue
+            if "bool" in kinds:
+                ok, what = type(value) is bool, "True or False"
+            elif "int" in kinds:
+                ok, what = type(value) is int, "a whole number"
+            elif "float" in kinds:
+                ok, what = type(value) in (int, float) and _fits_float(value), "a number"
+            else:
+                ok, what = type(value) is str, "text"
+            if not ok:
+                raise ContextbotError(f"{flag_name(f.name)} must be {what}, not {value!r}")
+
+    def validate_recipe(self) -> None:
+        """The recipe's own rules (TrainOptions.RECIPE): what `--resume` also checks in the
+        recipe a checkpoint saved (resume.saved_recipe). Assumes validate_types has passed."""
+        if self.cell not in CELLS:
+            raise ContextbotError(f"--cell must be one of {', '.join(CELLS)}")
+        if self.tokenizer not in KINDS:
+            raise ContextbotError(f"--tokenizer must be one of {', '.join(KINDS)}")
+        if self.chrono_spread not in ("log", "uniform"):
+            raise ContextbotError("--chrono-spread must be log or uniform")
+        for name in ("hidden", "layers", "embed", "batch", "warmup", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise ContextbotError(f"{flag_name(name)} must be at least 1")
+        if self.seq_len < 0:
+            raise ContextbotError("--seq-len must be at least 1, or 0 for whole conversations")
+        if not 0 <= self.seed < 2 ** 64:
+            raise ContextbotError("--seed must be in 0 .. 2**64 - 1")
+        for name, bounds, ok in (
+                ("lr", f"a positive number up to {MAX_LR:g}", lambda v: 0 < v <= MAX_LR),
+                ("clip", "a positive number", lambda v: v > 0),
+                ("dropout", "in [0, 1)", lambda v: 0 <= v < 1),
+                ("chrono_fraction", "in [0, 1]", lambda v: 0 <= v <= 1),
+                ("min_lr_ratio", "in [0, 1]", lambda v: 0 <= v <= 1),
+                ("weight_decay", "in [0, 1]", lambda v: 0 <= v <= 1),
+                ("chrono_tmax", "a number at least 0", lambda v: v >= 0),
+                ("answer_weight", f"a number from 0 to {MAX_WEIGHT:g}", lambda v: 0 <= v <= MAX_WEIGHT),
+                ("referent_weight", f"a number from 0 to {MAX_WEIGHT:g}", lambda v: 0 <= v <= MAX_WEIGHT)):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and ok(v)):  # NaN fails every comparison; inf fails isfinite
+                raise ContextbotError(f"{flag_name(name)} must be {bounds}, not {v!r}")
+        # Sizes: refused here, before anything is allocated, rather than by the out-of-memory killer.
+        for name, high in (("batch", MAX_BATCH), ("seq_len", MAX_SEQ_LEN), ("layers", MAX_LAYERS),
+                           ("hidden", MAX_SIZE), ("embed", MAX_SIZE), ("vocab_size", MAX_VOCAB)):
+            if getattr(self, name) > high:
+                raise ContextbotError(f"{flag_name(name)} {getattr(self, name)} is too large "
+                                      f"(at most {high:,})")
+        if self.batch * self.seq_len > MAX_TOKENS_PER_STEP:
+            raise ContextbotError(f"--batch {self.batch} x --seq-len {self.seq_len} is "
+                                  f"{self.batch * self.seq_len:,} tokens a step, too many to hold "
+                                  f"(at most {MAX_TOKENS_PER_STEP:,})")
+        if (n := self.parameters()) > MAX_PARAMETERS:
+            raise ContextbotError(f"--hidden {self.hidden}, --layers {self.layers}, --embed "
+                                  f"{self.embed} make about {n / 1e6:,.0f} million parameters, "
+                                  f"too many to hold (at most {MAX_PARAMETERS / 1e6:,.0f} million)")
+
+    def parameters(self) -> int:
+        """About how many parameters the model has (the vocabulary is not known until the
+        tokenizer is trained): embedding, recurrent layers, output head."""
+        vocab = self.vocab_size if self.tokenizer != "char" else CHAR_VOCAB
+        g, h, e = GATES.get(self.cell, 4), self.hidden, self.embed
+        layers = g * h * (e + h + 2) + (self.layers - 1) * g * h * (2 * h + 2)
+        return vocab * (e + h) + layers
+
+    def validate_paths(self) -> None:
+        """--out must not be one of the files training reads: the checkpoint would replace it."""
+        out = Path(self.out)
+        facts = self.facts or Path(self.corpus).with_name("facts.json")
+        for name, path in (("--corpus", self.corpus), ("--valid", self.valid),
+                           ("--facts" if self.facts else "the facts file beside --corpus", facts)):
+            if path is not None and _same_file(out, Path(path)):
+                raise ContextbotError(f"--out {self.out} is {name} ({path}): training would replace "
+                                      "it with a checkpoint; give another --out")
+
+
+def _fits_float(v: int | float) -> bool:
+    try:
+        float(v)
+    except OverflowError:  # an int beyond 1e308, from Python or a checkpoint's JSON
+        return False
+    return True
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values, NaN included (a NaN given is not the default)."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two spellings name one file: relative or absolute, `./`, `..`, symlinks, or hard links."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def check_batch(o: TrainOptions, conversations: int) -> None:
+    """--batch streams each hold whole conversations: more streams than the corpus has
+    conversations would be only padding (and, far beyond, memory that never fills)."""
+    if o.batch > conversations:
+        raise ContextbotError(f"--batch {o.batch} is more streams than {o.corpus} has conversations "
+                              f"({conversations}): give --batch {conversations} or less, or a larger corpus")
 
 
 # -- the command line ---------------------------------------------------------------------------
@@ -167,7 +321,9 @@ def help_text(f: Field) -> str:
     """A field's help with its default filled in: the cells' own values for a per-cell field
     ("default 192; LSTM 128, RNN 256"), nothing for a flag with no default to show."""
     help = f.metadata["help"]
-    if "per_cell" in f.metadata:
+    if "shown" in f.metadata:
+        default = f"default: {f.metadata['shown']}"
+    elif "per_cell" in f.metadata:
         others = ", ".join(f"{cell.upper()} {_shown(r[f.name])}"
                            for cell, r in CELL_RECIPES.items() if f.name in r)
         default = f"default {_shown(f.metadata['per_cell'])}" + (f"; {others}" if others else "")
@@ -205,4 +361,6 @@ def from_args(args: argparse.Namespace) -> TrainOptions:
              if getattr(args, f.name, None) is not None}
     if given.get("valid") == "none":
         given["valid"] = None
-    return TrainOptions(**given)
+    o = TrainOptions(**given)
+    o.given = frozenset(given)  # what was typed, even where it equals the default
+    return o

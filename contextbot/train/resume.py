@@ -24,7 +24,12 @@ from ..errors import ContextbotError
 from ..model import checkpoint
 from ..model.network import RecurrentLM, State
 from . import distributed
-from .options import TrainOptions
+from .options import TrainOptions, flag_name
+
+# The recipe options that are also the model's shape: a checkpoint's recipe must agree with the
+# model it holds, checked before a model is built from the recipe (its sizes are the file's).
+MODEL_OPTIONS = ("cell", "hidden", "layers", "embed", "dropout", "chrono_tmax", "chrono_fraction",
+                 "chrono_spread")
 
 # -- writing -------------------------------------------------------------------------------------
 
@@ -60,18 +65,43 @@ def metadata(o: TrainOptions, *, referents: str, seconds: float, device: torch.d
 
 def load(out: Path, o: TrainOptions, corpus_sha256: str) -> checkpoint.Checkpoint:
     """The checkpoint at `out`, checked, with its recipe put into `o`: a resumed run trains with
-    the recipe it started with, whatever the command line says, on the corpus it started on."""
+    the recipe it started with, on the corpus it started on. A recipe option the user gave
+    (`o.given`) with another value than the checkpoint's is refused, not silently dropped."""
     if not out.exists():
         raise ContextbotError(f"{out}: nothing to resume (no such checkpoint)")
     saved = checkpoint.load(out)
     recipe = saved_recipe(out, saved.train_options)
     recipe.setdefault("referent_weight", 0.0)  # checkpoints from before the referent signal
+    check_model(out, recipe, saved)
     if saved.metadata.get("corpus_sha256") != corpus_sha256:
         raise ContextbotError(f"{out}: was trained on a different corpus than {o.corpus}")
+    check_given(out, o, recipe)
     for k, v in recipe.items():
         setattr(o, k, v)
     o.validate()
     return saved
+
+
+def _shown(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def check_given(out: Path, o: TrainOptions, recipe: dict) -> None:
+    """Refuse the recipe options the user gave that differ from the checkpoint's: --resume
+    continues the saved recipe, and a --hidden 512 that does nothing would be a silent lie."""
+    differ = [f"{flag_name(k)} {_shown(getattr(o, k))} differs from its {_shown(v)}"
+              for k, v in recipe.items() if k in o.given and getattr(o, k) != v]
+    if differ:
+        raise ContextbotError(f"--resume continues the recipe saved in {out}: {', '.join(differ)}; "
+                              "drop the flag or train a new --out")
+
+
+def check_model(out: Path, recipe: dict, saved: checkpoint.Checkpoint) -> None:
+    """The recipe's model options are the model's own: checked before anything is built from them."""
+    for k in MODEL_OPTIONS:
+        if k in recipe and recipe[k] != getattr(saved.config, k):
+            raise ContextbotError(f"{out}: the training recipe disagrees with the model in the checkpoint "
+                                  f"({k}={recipe[k]!r}, the model's is {getattr(saved.config, k)!r})")
 
 
 def saved_recipe(out: Path, saved: dict) -> dict:
@@ -85,7 +115,16 @@ def saved_recipe(out: Path, saved: dict) -> dict:
         d = defaults.get(k)
         if d is None or not (type(v) is type(d) or (type(d) is float and type(v) is int)):
             raise ContextbotError(f"{out}: the training recipe in the checkpoint is damaged ({k}={v!r})")
-    return recipe
+    # Its values by TrainOptions' own rules (NaN, negative weights, sizes that would allocate
+    # tens of GB), before any of it is used: one line here, not an out-of-memory crash later.
+    probe = TrainOptions(cell=recipe.get("cell", "gru"))
+    for k, v in recipe.items():
+        setattr(probe, k, v)
+    try:
+        probe.validate_recipe()
+    except ContextbotError as exc:
+        raise ContextbotError(f"{out}: the training recipe in the checkpoint is damaged or absurd ({exc})") from None
+    return dict(recipe)
 
 
 def check_referents(out: Path, saved: checkpoint.Checkpoint, key: str, facts: str | Path) -> None:

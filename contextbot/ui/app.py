@@ -14,6 +14,10 @@ The model loads the same way (`_load_model` posts ModelLoaded or ModelFailed), s
 appears at once with a loading indicator. While a reply streams, `busy` locks the input and
 greys out the keys that would change the state under the worker's feet; Escape sets an Event
 that the worker polls after every character.
+
+What the model says (and what a damaged file's error message says) reaches the screen only
+through `visible` (text/terminal.py): the widgets of conversation.py apply it, and so does every
+`notify` here, which also never parses its message as markup.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ..chat import ChatSession, clean_question
+from ..chat import ChatSession
+from ..text.terminal import clean_question, visible
 from . import transcript as transcript_io
 from .conversation import BotReply, ChatLog
 from .help import HelpScreen
@@ -151,7 +156,8 @@ class ChatApp(App[None], inherit_bindings=False):
         self.refresh_bindings()
 
     def on_model_failed(self, message: ModelFailed) -> None:
-        self.load_error = message.error  # `contextbot chat` repeats it on stderr after quitting
+        # `contextbot chat` repeats it on stderr after quitting; it may quote the file's bytes.
+        self.load_error = visible(message.error)
         chat, panel = self.query_one(ChatLog), self.query_one(StatePanel)
         chat.loading = panel.loading = False
         panel.display = False  # nothing to show: give the message the whole width
@@ -168,7 +174,7 @@ class ChatApp(App[None], inherit_bindings=False):
         try:
             question = clean_question(event.value)  # the session's own rules, checked up front
         except ValueError as exc:
-            self.notify(str(exc), title="Not sent", severity="error")
+            self.notify(visible(str(exc)), title="Not sent", severity="error", markup=False)
             return  # the text stays in the box, to be shortened
         if not question:
             box.value = ""
@@ -225,7 +231,7 @@ class ChatApp(App[None], inherit_bindings=False):
         if self._reply is not None:
             self._reply.remove()
             self._reply = None
-        self.notify(message.error, title="Not sent", severity="error")
+        self.notify(visible(message.error), title="Not sent", severity="error", markup=False)
         self.busy = False
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -244,9 +250,15 @@ class ChatApp(App[None], inherit_bindings=False):
             return None  # shown, greyed out
         if action in NOT_WHILE_BUSY and self.busy:
             return None
-        if action == "compare" and self.transcript.last() is None:
-            return None  # nothing asked yet
+        if action == "compare" and not self._can_compare():
+            return None  # nothing asked yet, or the memory was zeroed since
         return True
+
+    def _can_compare(self) -> bool:
+        """ctrl+d compares the carried answer to the last question with a zeroed state's. Before
+        any question there is none; after ctrl+r the memory that answered it is gone, so there is
+        nothing to compare until the next question is asked."""
+        return self.transcript.last() is not None and not self.transcript.pending_reset
 
     def watch_busy(self, busy: bool) -> None:
         box = self.query_one(HistoryInput)
@@ -264,6 +276,7 @@ class ChatApp(App[None], inherit_bindings=False):
         self.query_one(ChatLog).add_divider("memory zeroed: the next turn starts from nothing")
         self.query_one(StatePanel).refresh_state(self.session, self.timeline)
         self._show_status()
+        self.refresh_bindings()  # ctrl+d greys out: nothing to compare until the next question
 
     def action_toggle_carry(self) -> None:
         """ctrl+t: carry the memory from turn to turn, or start every turn from zero."""
@@ -276,7 +289,7 @@ class ChatApp(App[None], inherit_bindings=False):
     def action_compare(self) -> None:
         """ctrl+d: the last question again, from a zeroed state, beside the answer it got."""
         entry = self.transcript.last()
-        if entry is None:
+        if entry is None or not self._can_compare():
             return
         self.busy = True
         self._compare_worker(entry.result.question, entry.result.reply, entry.result.carry)
@@ -296,14 +309,19 @@ class ChatApp(App[None], inherit_bindings=False):
         self.busy = False
 
     def action_save(self) -> None:
-        """ctrl+s: the session as JSON, in a new file in the current directory."""
+        """ctrl+s: the session as JSON, in a new file in the current directory. The log says
+        where, with the full path (it stays in view; the notification fades)."""
         try:
             path = transcript_io.save(self.transcript, self.session)
         except OSError as exc:
-            self.notify(f"could not save: {exc.strerror or exc}", severity="error")
+            self.notify(visible(f"could not save: {exc.strerror or exc}"), severity="error",
+                        markup=False)
             return
-        self.last_saved = path
-        self.notify(f"saved {len(self.transcript.entries)} turns to {path.name}", title="Saved")
+        self.last_saved = path = path.absolute()
+        turns = len(self.transcript.entries)
+        saved = f"saved {turns} turn{'' if turns == 1 else 's'} to {path}"
+        self.query_one(ChatLog).add_note(saved)  # add_note shows it through `visible`
+        self.notify(visible(saved), title="Saved", markup=False)
 
     def action_clear(self) -> None:
         """ctrl+l: clear the screen. The memory is untouched (ctrl+r forgets)."""

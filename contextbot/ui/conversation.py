@@ -2,6 +2,10 @@
 
 `ChatLog` is a `VerticalScroll` *anchored* to the bottom: it follows new lines until the user
 scrolls up to read, and follows again once they scroll back down.
+
+Everything here is drawn as Rich `Text` (never parsed as markup) after `visible`
+(text/terminal.py): a reply, a note or an error message may hold whatever a checkpoint from a
+stranger spells, and none of it may reach the terminal as a control or format character.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Static
+
+from ..text.terminal import visible
 
 
 class UserLine(Static):
@@ -19,7 +25,7 @@ class UserLine(Static):
     """
 
     def __init__(self, text: str) -> None:
-        super().__init__(Text.assemble(("you › ", "bold cyan"), text))
+        super().__init__(Text.assemble(("you › ", "bold cyan"), visible(text)))
 
 
 class BotReply(Static):
@@ -36,13 +42,13 @@ class BotReply(Static):
         self.add_class("-streaming")
 
     def show(self, text: str, *, streaming: bool = True, note: str = "") -> None:
-        self.text = text
+        self.text = text  # exactly as generated; the screen gets `visible(text)`
         self.set_class(streaming, "-streaming")
-        line = Text.assemble(("bot › ", "bold green"), text)
+        line = Text.assemble(("bot › ", "bold green"), visible(text))
         if streaming:
             line.append("▌", style="green")
         if note:
-            line.append(f"  {note}", style="italic dim")
+            line.append(f"  {visible(note)}", style="italic dim")
         self.update(line)
 
 
@@ -52,6 +58,9 @@ class Divider(Static):
     DEFAULT_CSS = """
     Divider { margin: 1 0 0 0; color: $warning; text-align: center; }
     """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(Text(visible(text)))  # may quote a question: plain text, no markup
 
 
 class Comparison(Horizontal):
@@ -71,9 +80,9 @@ class Comparison(Horizontal):
         self.carried_was_on = carried_was_on
 
     def compose(self):
-        left = Static(Text(self.carried or "(empty reply)"), classes="carried")
+        left = Static(Text(visible(self.carried) or "(empty reply)"), classes="carried")
         left.border_title = "memory carried" if self.carried_was_on else "as asked (memory off)"
-        right = Static(Text(self.zeroed or "(empty reply)"), classes="zeroed")
+        right = Static(Text(visible(self.zeroed) or "(empty reply)"), classes="zeroed")
         right.border_title = "zeroed state"
         yield left
         yield right
@@ -107,7 +116,7 @@ class ChatLog(VerticalScroll):
         self.mount(Comparison(question, carried, carried_was_on, zeroed))
 
     def add_note(self, text: str, *, error: bool = False) -> None:
-        self.mount(Static(Text(text), classes="error" if error else "hint"))
+        self.mount(Static(Text(visible(text)), classes="error" if error else "hint"))
 
     def clear(self) -> None:
         self.remove_children()

@@ -1,44 +1,44 @@
-"""F1: what the panel shows, the keys, and a dialogue to try."""
+"""F1: what the panel shows, the keys, and a dialogue to try.
+
+The page fits the smallest supported terminal, 80×24, whole: at most `MAX_LINES` lines of at most
+`MAX_WIDTH` characters, laid out by hand (a Markdown page spends a third of that on margins). On
+a smaller terminal the box scrolls.
+"""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Markdown
+from textual.widgets import Static
+
+MAX_WIDTH = 76  # 80 columns less the box's border and padding
+MAX_LINES = 22  # 24 rows less the box's border
 
 HELP = """\
-# contextbot: a chat with a visible memory
+A character-level recurrent network. It answers [i]Where does he live?[/i] right
+only because its hidden state [b]h[/b] still holds the person of the previous turn.
 
-The bot is a character-level recurrent network. It answers *Where does he live?* correctly only
-because its hidden state **h** still holds the person from the previous turn.
+[b]The panel[/b]
+ [b]Hidden-state norm[/b]  ‖h‖ per layer after each reply character (‖c‖ too for
+                    an LSTM). [yellow]│[/yellow] = a turn start: [yellow]yellow[/yellow], memory carried in;
+                    [magenta]magenta[/magenta], from zero (memory off); [red]red[/red], zeroed by ctrl+r.
+ [b]Gates[/b]              GRU update z (near 1: keep the old h) and reset r; LSTM
+                    input, forget, output. Unit means, newest character.
+ [b]Carryover[/b]          ‖h‖ carried into each turn; cosine of the states ending
+                    the previous turn and this one (near 1: barely moved).
+ [b]Most active units[/b]  the units of h that swing most; red +, blue −.
 
-**The panel, right**
+[b]Keys[/b]
+ [b]ctrl+r[/b] forget           [b]ctrl+t[/b] memory on/off   [b]ctrl+d[/b] again, from zero
+ [b]ctrl+s[/b] save JSON        [b]ctrl+l[/b] clear screen    [b]Escape[/b] stop a reply
+ [b]up/down[/b] history         [b]F1[/b] this help           [b]ctrl+q[/b] quit
 
-- **Hidden-state norm**: ‖h‖ per layer after each reply character (‖c‖ too for an LSTM),
-  over the last few hundred characters. A `│` marks a turn start: yellow = memory carried in,
-  magenta = turn started from zero (memory off), red = you zeroed it (ctrl+r).
-- **Gates**: GRU *update* z (near 1: keep the old h) and *reset* r (how much old h shapes the
-  new proposal); LSTM *input*, *forget*, *output*. Averaged over units, for the newest character.
-- **Carryover**: ‖h‖ carried into each turn, and the cosine between the states ending the
-  previous turn and this one (near 1: the turn barely moved the memory).
-- **Most active units**: the units of h that swing the most over the characters shown
-  (index on the left), red positive, blue negative, time running left to right.
-
-**Keys**: ctrl+r forget · ctrl+t memory on/off · ctrl+d same question from a zeroed state,
-side by side · ctrl+s save JSON · ctrl+l clear · Escape stop a reply · up/down history ·
-ctrl+q quit
-
-**Try this**
-
-1. *Who is Tom Cruise?* then *Where does he live?* (he is remembered)
-2. *What about Megan Fox?* then *Is she married?* (the memory switches person)
-3. ctrl+t (memory off), ask *Where does he live?* again: with nothing carried, it cannot know.
-4. ctrl+d puts both answers side by side.
-
-Press Escape or F1 to close.
-"""
+[b]Try[/b] [i]Who is Tom Cruise?[/i] then [i]Where does he live?[/i] Then ctrl+t (memory off)
+and ask it again: with nothing carried in, the bot cannot know who "he" is.
+ctrl+d shows the last answer beside the one a zeroed state gives."""
 
 
 class HelpScreen(ModalScreen[None]):
@@ -47,9 +47,11 @@ class HelpScreen(ModalScreen[None]):
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
     HelpScreen > VerticalScroll {
-        width: 90%; max-width: 100; height: 90%;
+        width: auto; max-width: 100%; height: auto; max-height: 100%;
         border: round $accent; background: $surface; padding: 0 1;
+        border-title-align: center; border-subtitle-align: center;
     }
+    HelpScreen Static { width: auto; }
     """
 
     BINDINGS = [
@@ -57,5 +59,8 @@ class HelpScreen(ModalScreen[None]):
     ]
 
     def compose(self) -> ComposeResult:
-        with VerticalScroll():
-            yield Markdown(HELP)
+        box = VerticalScroll()
+        box.border_title = "contextbot: a chat with a visible memory"
+        box.border_subtitle = "Escape, F1 or q closes"
+        with box:
+            yield Static(Text.from_markup(HELP), id="help-text")

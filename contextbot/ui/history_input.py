@@ -8,6 +8,8 @@ from textual import events
 from textual.binding import Binding
 from textual.widgets import Input
 
+from ..text.terminal import typed
+
 
 def _without(key: str, bindings) -> list[Binding]:
     """`bindings` with `key` taken out of every binding that lists it."""
@@ -25,8 +27,10 @@ class HistoryInput(Input, inherit_bindings=False):
     Input's own keys are kept except ctrl+d (delete right; the Delete key still does that),
     which belongs to the app here: "ask again from a zeroed state".
 
-    A paste keeps every line, joined by spaces (Textual's Input would keep only the first);
-    `ChatSession` then cleans control characters and refuses over-long questions.
+    A paste keeps every line, joined by spaces (Textual's Input would keep only the first), and
+    loses its control and format characters (`typed`): an escape sequence in a paste must not
+    reach the terminal through the box. `ChatSession` then cleans the question again, and
+    refuses an over-long one.
     """
 
     BINDINGS = _without("ctrl+d", Input.BINDINGS) + [
@@ -70,7 +74,7 @@ class HistoryInput(Input, inherit_bindings=False):
 
     def _on_paste(self, event: events.Paste) -> None:
         if event.text:
-            text = " ".join(event.text.splitlines())
+            text = typed(" ".join(event.text.splitlines()))
             selection = self.selection
             if selection.is_empty:
                 self.insert_text_at_cursor(text)

@@ -29,6 +29,7 @@ from textual.widgets import Static
 
 from ..model.recurrence.reference import GATE_NAMES
 from ..chat import ChatSession
+from ..text.terminal import visible
 from .streaming import Tick, TurnResult, cell_norms
 from .timeline import Boundary, Timeline, columns, top_units
 
@@ -47,6 +48,13 @@ def sparkline(cols: list, lo: float, hi: float, style: str = "cyan") -> Text:
             level = 0 if span <= 1e-9 else round((c - lo) / span * (len(BARS) - 1))
             out.append(BARS[max(0, min(len(BARS) - 1, level))], style=style)
     return out
+
+
+def range_label(lo: float, hi: float) -> str:
+    """A norm chart's range at one decimal, rounded outwards (down at the bottom, up at the
+    top), so that no value inside [lo, hi], the current one printed beside it included, reads
+    as outside the range printed."""
+    return f"{math.floor(lo * 10 + 1e-9) / 10:.1f}–{math.ceil(hi * 10 - 1e-9) / 10:.1f}"
 
 
 def bar(value: float, width: int) -> Text:
@@ -104,8 +112,12 @@ class NormChart(Widget):
             head = Text.assemble((f"‖{kind}‖ L{layer + 1} ", "bold"),
                                  (f"{now[layer]:.2f}" if layer < len(now) else "–", "bold cyan"))
             if nums:
+                # The sparkline spans its columns and the current value: between replies that is
+                # the state after the reply's newline, which no column holds.
                 lo, hi = min(nums), max(nums)
-                head.append(f" · range {lo:.1f}–{hi:.1f}", style="dim")  # of the sparkline
+                if layer < len(now):
+                    lo, hi = min(lo, now[layer]), max(hi, now[layer])
+                head.append(f" · range {range_label(lo, hi)}", style="dim")  # of the sparkline
                 rows.append(head)
                 rows.append(sparkline(cols, lo, hi, "cyan" if kind == "h" else "magenta"))
             else:
@@ -195,15 +207,15 @@ class UnitHeatmap(Widget):
     def render(self) -> Text:
         width = max(1, self.size.width - self.LABEL)
         rows = max(1, self.size.height)
-        visible = self.items[-width:]  # the newest characters that fit, one column each
-        ticks = [t for t in visible if isinstance(t, Tick)]
+        shown = self.items[-width:]  # the newest characters that fit, one column each
+        ticks = [t for t in shown if isinstance(t, Tick)]
         if not ticks:
             return Text("no reply characters yet", style="dim")
         units = top_units(ticks, rows)
         lines = []
         for u in units:
             line = Text(f"{u:>4} ", style="dim")
-            for item in visible:
+            for item in shown:
                 if isinstance(item, Boundary):
                     line.append("│", style=BOUNDARY_STYLE[item.kind])
                 else:
@@ -220,7 +232,7 @@ class ModelInfo(Static):
     def show(self, session: ChatSession) -> None:
         ck = session.checkpoint
         c = ck.config
-        name = ck.path.name if ck.path else "(in memory)"
+        name = visible(ck.path.name) if ck.path else "(in memory)"  # any file name may be odd
         self.update(Text.assemble(
             (f"{c.cell.upper()} {c.layers}×{c.hidden}", "bold"), " · ",
             f"{ck.model.num_parameters():,} parameters\n",

@@ -158,3 +158,59 @@ def test_stateless_shipped_gru_gets_the_seed_pronoun_questions_wrong(shipped_gru
     finally:
         shipped_gru.carry = True
         shipped_gru.reset()
+
+
+# -- facts files with few people -------------------------------------------------------------
+
+def _people(*pronouns):
+    from contextbot.text.facts import Entity
+    return [Entity(f"Person {chr(65 + i)}", p, "actor", "Irish", f"City {i}", None, 1970 + i)
+            for i, p in enumerate(pronouns)]
+
+
+def test_a_category_the_people_cannot_make_is_left_out_and_the_rest_are_built():
+    """One man and one woman (which corpus build and train accept): no switch to a new person
+    of the same gender can be built; every other category is."""
+    for pronouns in (("he", "she"), ("she", "he")):
+        entities = _people(*pronouns)
+        assert evaluate.not_applicable("switch", entities)
+        items = evaluate.generate(entities, seed=1, per_category=5)
+        built = {i.category for i in items}
+        assert built == {k for k, _ in evaluate.CATEGORIES} - {"switch"}
+    # Two men and one woman: the switch is made, always between the two men.
+    entities = _people("he", "she", "he")
+    assert evaluate.not_applicable("switch", entities) is None
+    rng = random.Random(0)
+    for _ in range(30):
+        item = evaluate.make_item("switch", rng, entities)
+        intros = [t for t in item.turns if t.kind == "intro"]
+        assert [t.answer for t in intros] == ["He is an Irish actor."] * 2
+    # The shipped facts: every category, and the same conversations as before.
+    assert all(evaluate.not_applicable(k, load_facts(DEFAULT_FACTS)) is None for k, _ in evaluate.CATEGORIES)
+
+
+def test_eval_on_one_man_and_one_woman_reports_the_switch_as_not_applicable(tiny_checkpoint, tiny_corpus,
+                                                                            tmp_path, capsys):
+    import json
+
+    from ..conftest import cli
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps({"entities": [
+        {"name": "Tom Cruise", "pronoun": "he", "profession": "actor", "nationality": "American",
+         "city": "Beverly Hills", "spouse": None, "born": 1962},
+        {"name": "Megan Fox", "pronoun": "she", "profession": "actress", "nationality": "American",
+         "city": "Los Angeles", "spouse": None, "born": 1986}]}), encoding="utf-8")
+    argv = ["eval", "--checkpoint", tiny_checkpoint, "--facts", facts, "--valid", tiny_corpus,
+            "--per-category", "2"]
+    rc, out, err = cli(capsys, *argv, "--json")
+    assert rc == 0, err
+    cats = json.loads(out)["categories"]
+    switch = cats.pop("switch")
+    assert switch["total"] == 0 and switch["accuracy"] is None and switch["meets"] is None
+    assert "two people of one gender" in switch["not_applicable"]
+    assert all(c["total"] > 0 and c["not_applicable"] is None for c in cats.values())
+    rc, out, err = cli(capsys, *argv)
+    assert rc == 0, err
+    notes = [line for line in out.splitlines() if "not applicable" in line]
+    assert notes == ["not applicable: switch to a new person of the same gender (needs two people of "
+                     "one gender in the facts file)"]

@@ -4,13 +4,17 @@ and on the shipped GRU (behaviour)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
 
 from contextbot import ChatSession
 from contextbot.model import checkpoint
-from contextbot.analysis import probe
+from contextbot.analysis import plots, probe
 from contextbot.analysis import trace as insp
 from contextbot.analysis import units as units_mod
 from contextbot.cli import main
@@ -23,6 +27,7 @@ from contextbot.text.turns import turn as turn_text
 from contextbot.text.turns import turn_ids
 
 from ..conftest import SHIPPED_GRU, make_model
+from ..conftest import run as run_process
 
 PNG = b"\x89PNG\r\n\x1a\n"
 QUESTIONS = ["Who is Tom Cruise?", "Where does he live?", "Who is Megan Fox?"]
@@ -263,3 +268,127 @@ def test_shipped_gru_probe_beats_chance_at_distance_0(entities):
     referent, gender = r.accuracy["referent"][0], r.accuracy["gender"][0]
     assert referent > max(3 * r.chance["referent"][0], 0.25), r
     assert gender > r.chance["gender"][0] + 0.15, r
+
+
+# -- text drawn and printed as written ----------------------------------------------------------
+# Strings that break naive text handling: mathtext ($...$, a stray \frac), rich markup ([/x]),
+# characters no shipped font has (emoji, CJK) and the ↵ the figures use for newlines.
+ODD_DIR = "a$\\frac{$b [/x] $x^2$"
+ODD_QUESTION = "Who is $\\frac{1}{$ Tom? 🙂 漢 ↵ [/x] $"
+
+
+def _odd_checkpoint(tmp_path, tok, cell="gru"):
+    d = tmp_path / ODD_DIR  # "[/x]" takes a "/": two directories, one path with "[/x]" in it
+    d.mkdir(parents=True)
+    return save_tiny(d / f"{cell}$[bold].safetensors", tok, cell)
+
+
+@pytest.mark.parametrize("argv", [
+    [],  # the conversation figure
+    ["--units", "$\\frac{1}{$"],  # the units figure: the phrase is in its title
+    ["--units", "[/x]"],
+])
+def test_plot_draws_paths_and_phrases_as_written_and_warns_nothing(tmp_path, tiny_tokenizer, capsys,
+                                                                    monkeypatch, argv):
+    monkeypatch.setattr(insp, "MAX_REPLY", 30)
+    ckpt = _odd_checkpoint(tmp_path, tiny_tokenizer)
+    out_png = tmp_path / ODD_DIR / "trace $x$ [b].png"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc, out, err = run_cli(capsys, "--checkpoint", ckpt, "--json", "--plot", out_png, *argv,
+                               ODD_QUESTION, "Where does he live? $")
+    assert rc == 0, err
+    assert out_png.read_bytes()[:8] == PNG
+    assert err == f"wrote {out_png}\n"  # with --json, the one line on stderr is the plot's
+    json.loads(out)
+    assert not [w for w in caught if "Glyph" in str(w.message) or "missing from" in str(w.message)]
+
+
+def test_probe_plot_draws_paths_as_written(tmp_path, tiny_tokenizer, capsys):
+    ckpt = _odd_checkpoint(tmp_path, tiny_tokenizer, "rnn")
+    out_png = tmp_path / "probe $\\frac{$.png"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc, _, err = run_cli(capsys, "--probe", "--checkpoint", ckpt, "--conversations", 6,
+                             "--plot", out_png, "--json")
+    assert rc == 0, err
+    assert out_png.read_bytes()[:8] == PNG
+    assert not [w for w in caught if "Glyph" in str(w.message)]
+
+
+def test_plain_text_leaves_matplotlib_settings_as_they_were():
+    import matplotlib
+    before = (matplotlib.rcParams["text.parse_math"], matplotlib.rcParams["text.usetex"])
+    with plots.plain_text():
+        assert matplotlib.rcParams["text.parse_math"] is False
+    assert (matplotlib.rcParams["text.parse_math"], matplotlib.rcParams["text.usetex"]) == before
+
+
+def test_inspect_plot_prints_nothing_but_its_line_as_a_process(tmp_path, tiny_tokenizer):
+    """A real process, where a warning would reach stderr: the plot's line and nothing else."""
+    ckpt = _odd_checkpoint(tmp_path, tiny_tokenizer)
+    out_png = tmp_path / "emoji 🙂 $x$.png"
+    r = run_process("inspect", "--checkpoint", ckpt, "--json", "--plot", out_png, ODD_QUESTION)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == f"wrote {out_png}\n"
+    assert out_png.read_bytes()[:8] == PNG
+
+
+# -- output to a file or a pipe: nothing cut --------------------------------------------------------
+def _replies(capsys, ckpt, questions) -> list[dict]:
+    rc, out, err = run_cli(capsys, "--checkpoint", ckpt, "--json", *questions)
+    assert rc == 0, err
+    return json.loads(out)["turns"]
+
+
+@pytest.mark.parametrize("questions", [
+    QUESTIONS,
+    ["Who is Tom Cruise? " * 8, "Where does he live?"],  # a question longer than 80 columns too
+])
+def test_piped_table_cuts_nothing(tiny, capsys, monkeypatch, questions):
+    monkeypatch.delenv("COLUMNS", raising=False)  # not a terminal, and nothing says how wide
+    monkeypatch.setattr(insp, "MAX_REPLY", 120)
+    turns = _replies(capsys, tiny, questions)
+    assert max(len(t["reply"]) for t in turns) > 80  # long enough that 80 columns would cut it
+    rc, out, _ = run_cli(capsys, "--checkpoint", tiny, *questions)
+    assert rc == 0
+    lines = out.splitlines()
+    for t in turns:
+        for text in (t["question"], t["reply"], t["reply_zeroed"]):
+            assert any(text.strip() in line for line in lines), text  # whole, on one line
+    assert "…" not in out
+    assert str(tiny) in out  # the title, path and all
+
+
+def test_piped_units_cut_nothing(tiny, capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(insp, "MAX_REPLY", 120)
+    rc, out, _ = run_cli(capsys, "--checkpoint", tiny, "--units", "Tom", "--json", *QUESTIONS)
+    text = json.loads(out)["text"]
+    rc, out, _ = run_cli(capsys, "--checkpoint", tiny, "--units", "Tom", *QUESTIONS)
+    assert rc == 0
+    lines = out.splitlines()
+    conversation = [ln for ln in text.split("\n") if ln]
+    assert max(map(len, conversation)) > 80
+    for ln in conversation:  # every line of the conversation is one line of the output
+        assert any(line.rstrip() == ln.rstrip() for line in lines), ln
+    grid = [line for line in lines if "turn 1" in line]
+    assert grid and all("turn 3" in line for line in grid)  # the grid's header is not folded
+
+
+def test_columns_still_sets_the_width(tiny, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setattr(insp, "MAX_REPLY", 120)
+    rc, out, _ = run_cli(capsys, "--checkpoint", tiny, *QUESTIONS)
+    assert rc == 0 and max(map(len, out.splitlines())) <= 100
+
+
+def test_piped_output_as_a_process(tiny, tmp_path):
+    """Through a real pipe, with COLUMNS unset, as `contextbot inspect > out.txt` runs."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "contextbot", "inspect", "--checkpoint", str(tiny),
+                        QUESTIONS[0]], capture_output=True, text=True, env=env, timeout=300,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert "Who is Tom Cruise?" in r.stdout and "…" not in r.stdout
+    assert max(map(len, r.stdout.splitlines())) > 80  # laid out wider than the old 80 columns

@@ -1,8 +1,12 @@
+import builtins
+import io
+import json
 import os
 import pickle
 import struct
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -12,7 +16,7 @@ from contextbot.model import checkpoint
 from contextbot.errors import ContextbotError
 from contextbot.text.turns import prompt
 
-from ..conftest import make_model
+from ..conftest import assert_one_line_error, cli, make_model
 
 
 def test_round_trip_gives_identical_logits(tmp_path, tiny_tokenizer):
@@ -117,3 +121,192 @@ def test_cli_reports_a_bad_checkpoint_in_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.startswith("contextbot: error: ") and r.stderr.count("\n") == 1
     assert not (tmp_path / "PWNED").exists()
+
+
+# -- hostile files: bounded reads, deep nesting, offsets past the end ----------------------------
+
+BIG = 2**31  # a sparse 2 GB file: f.truncate makes it without using disk
+
+
+class _CountingFile:
+    """A file object that adds every byte read from it to `counter[0]`."""
+
+    def __init__(self, f, counter):
+        self._f, self._counter = f, counter
+
+    def read(self, *args):
+        data = self._f.read(*args)
+        self._counter[0] += len(data)
+        return data
+
+    def readinto(self, b):
+        n = self._f.readinto(b)
+        self._counter[0] += n or 0
+        return n
+
+    def __enter__(self):
+        self._f.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._f.__exit__(*exc)
+
+    def __getattr__(self, name):  # fileno, seek, close, ...: the real file's
+        return getattr(self._f, name)
+
+
+def _proc_rchar() -> int | None:
+    """Bytes this process has read through read(2) so far (Linux), else None."""
+    try:
+        with builtins.open("/proc/self/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+@contextmanager
+def count_reads(path):
+    """Count the bytes read from `path` (through open, io.open or Path.read_bytes) inside the block,
+    and, on Linux, every byte the process read at all: yields a list whose [0] holds the larger."""
+    counter = [0]
+    real_open = io.open
+    target = os.path.realpath(path)
+
+    def counting_open(file, *args, **kwargs):
+        f = real_open(file, *args, **kwargs)
+        if isinstance(file, (str, bytes, os.PathLike)) and os.path.realpath(file) == target:
+            return _CountingFile(f, counter)
+        return f
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(builtins, "open", counting_open)
+    mp.setattr(io, "open", counting_open)
+    before = _proc_rchar()
+    try:
+        yield counter
+    finally:
+        mp.undo()
+        after = _proc_rchar()
+        if before is not None and after is not None:
+            counter[0] = max(counter[0], after - before)
+
+
+def _header_of(path) -> tuple[dict, bytes]:
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + n]), data[8 + n:]
+
+
+def _raw(header, data: bytes = b"") -> bytes:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+def _big(tmp_path, name: str, head: bytes):
+    p = tmp_path / name
+    with open(p, "wb") as f:
+        f.write(head)
+        f.truncate(BIG)  # sparse: no disk used
+    return p
+
+
+def test_a_huge_file_is_refused_after_reading_at_most_its_header(tmp_path, tiny_checkpoint, capsys):
+    header, data = _header_of(tiny_checkpoint)
+    meta = header["__metadata__"]
+    cases = {  # every kind of start a 2 GB file might have, each refused before its data is read
+        "pickle.pt": (pickle.dumps(Payload()), "not a safetensors checkpoint"),
+        "zeros.bin": (b"", "not a safetensors checkpoint"),  # a header length of 0
+        "text.txt": (b"Q: Who is Tom Cruise?\nA: He is an American actor.\n", "header claims"),
+        "huge-claim.safetensors": (struct.pack("<Q", 1 << 62), "header claims"),
+        "under-limit-junk.safetensors": (struct.pack("<Q", 1 << 20) + b"\xff" * 64, "unreadable"),
+        "other.safetensors": (_raw({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}),
+                              "not a contextbot checkpoint"),
+        "future.safetensors": (_raw(header | {"__metadata__": meta | {"version": "99"}}), "newer"),
+        # a real contextbot header and its real tensors, then 2 GB nobody declared
+        "trailing.safetensors": (_raw(header, data), "cover"),
+    }
+    for name, (head, match) in cases.items():
+        p = _big(tmp_path, name, head)
+        assert p.stat().st_size == BIG
+        with count_reads(p) as read, pytest.raises(ContextbotError, match=match) as e:
+            checkpoint.load(p)
+        assert "\n" not in str(e.value)
+        assert read[0] < 4 * 2**20, (name, read[0])  # a few MB at most, never the 2 GB
+    rc, _, err = cli(capsys, "ask", "--checkpoint", tmp_path / "pickle.pt", "Hi")
+    assert_one_line_error(rc, err, "not a safetensors checkpoint")
+
+
+def test_a_normal_checkpoint_is_read_once(tiny_checkpoint):
+    size = tiny_checkpoint.stat().st_size
+    with count_reads(tiny_checkpoint) as read:
+        checkpoint.load(tiny_checkpoint)
+    assert size <= read[0] < size + 4 * 2**20
+
+
+def _nested(depth: int, kind: str = "list") -> str:
+    return ("[" * depth + "]" * depth) if kind == "list" else ('{"a":' * depth + "1" + "}" * depth)
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+def test_deeply_nested_json_is_one_line(tmp_path, tiny_checkpoint, capsys, kind):
+    header, data = _header_of(tiny_checkpoint)
+    meta = header["__metadata__"]
+    deep = _nested(100_000, kind)
+    files = {
+        "header": deep.encode(),  # the header itself
+        "in-header": json.dumps(header).encode()[:-1] + b', "x": ' + deep.encode() + b"}",
+        "metadata": _raw(header | {"__metadata__": None})[8:].replace(
+            b'"__metadata__": null', b'"__metadata__": ' + deep.encode()),
+        "config": _raw(header | {"__metadata__": meta | {"config": deep}})[8:],
+        "train": _raw(header | {"__metadata__": meta | {"train": deep}})[8:],
+        "config-value": _raw(header | {"__metadata__": meta | {  # parses, but nests in a field
+            "config": json.dumps(json.loads(meta["config"]) | {"hidden": None}).replace(
+                '"hidden": null', '"hidden": ' + _nested(900, kind))}})[8:],
+    }
+    for name, raw in files.items():
+        p = tmp_path / f"{name}.safetensors"
+        p.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+        with pytest.raises(ContextbotError) as e:
+            checkpoint.load(p)
+        assert "\n" not in str(e.value), name
+        rc, _, err = cli(capsys, "ask", "--checkpoint", p, "Hi")
+        assert_one_line_error(rc, err)
+    with pytest.raises(ContextbotError, match="nested too deeply"):
+        checkpoint.load(tmp_path / "header.safetensors")
+    with pytest.raises(ContextbotError, match="nested too deeply"):
+        checkpoint.load(tmp_path / "config.safetensors")
+
+
+def test_offsets_past_the_end_are_refused_before_the_data_is_read(tmp_path, tiny_checkpoint, capsys):
+    header, data = _header_of(tiny_checkpoint)
+    tensor = next(k for k in header if k != "__metadata__")
+    begin, end = header[tensor]["data_offsets"]
+
+    def with_offsets(offsets):
+        return header | {tensor: header[tensor] | {"data_offsets": offsets}}
+
+    cases = {
+        "past-end": (with_offsets([begin, len(data) + 1]), "past the end"),
+        "far-past-end": (with_offsets([begin, 2**62]), "past the end"),
+        "begins-past-end": (with_offsets([len(data) + 8, len(data) + 16]), "past the end"),
+        "reversed": (with_offsets([end, begin]), "data_offsets"),
+        "negative": (with_offsets([-8, end]), "data_offsets"),
+        "not-ints": (with_offsets(["0", end]), "data_offsets"),
+        "float": (with_offsets([begin, float(end)]), "data_offsets"),
+        "missing": (header | {tensor: {"dtype": "F32", "shape": [1]}}, "data_offsets"),
+        "not-a-dict": (header | {tensor: [begin, end]}, "data_offsets"),
+    }
+    for name, (h, match) in cases.items():
+        p = tmp_path / f"{name}.safetensors"
+        head = _raw(h)
+        p.write_bytes(head + data)
+        with count_reads(p) as read, pytest.raises(ContextbotError, match=match) as e:
+            checkpoint.load(p)
+        assert "\n" not in str(e.value)
+        assert read[0] < len(head) + 2**20, name  # the header, not the tensors
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(tiny_checkpoint.read_bytes()[:-1])
+    with pytest.raises(ContextbotError, match="past the end"):
+        checkpoint.load(truncated)
+    rc, _, err = cli(capsys, "ask", "--checkpoint", tmp_path / "past-end.safetensors", "Hi")
+    assert_one_line_error(rc, err, "past the end")

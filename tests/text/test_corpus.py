@@ -190,3 +190,75 @@ def test_a_200_mb_corpus_is_checked_in_bounded_memory(tmp_path):
     print(f"peak RSS: {base:.0f} MB for {len(unit) / 1e6:.1f} MB, "
           f"{peak:.0f} MB for {big.stat().st_size / 1e6:.0f} MB")
     assert peak < base + 50
+
+
+# -- where `corpus build` writes ----------------------------------------------------------------
+
+def _shipped_bytes() -> dict:
+    return {p: p.read_bytes() for p in (paths.DEFAULT_TRAIN, paths.DEFAULT_VALID, paths.DEFAULT_FACTS)}
+
+
+def test_build_without_facts_writes_into_the_current_folder_and_says_where(tmp_path, monkeypatch, capsys):
+    """Issue: with no --facts, `corpus build` run from another folder rewrote the shipped
+    corpus/train.txt. Now it reads the shipped facts and writes where the user is, and prints
+    the full paths; the shipped files are untouched."""
+    from ..conftest import cli
+    before = _shipped_bytes()
+    monkeypatch.chdir(tmp_path)
+    rc, out, _ = cli(capsys, "corpus", "build")
+    assert rc == 0
+    assert _shipped_bytes() == before
+    assert (tmp_path / "train.txt").read_bytes() == before[paths.DEFAULT_TRAIN]
+    assert (tmp_path / "valid.txt").read_bytes() == before[paths.DEFAULT_VALID]
+    assert f"wrote {tmp_path.resolve() / 'train.txt'}:" in out and f"wrote {tmp_path.resolve() / 'valid.txt'}:" in out
+    # --facts F writes beside F, wherever the user is; --out-dir wins over both.
+    mine = tmp_path / "my"
+    mine.mkdir()
+    (mine / "facts.json").write_bytes(before[paths.DEFAULT_FACTS])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    rc, out, _ = cli(capsys, "corpus", "build", "--facts", "../my/facts.json", "--seed", "2")
+    assert rc == 0 and f"wrote {mine.resolve() / 'train.txt'}:" in out
+    assert not list(elsewhere.iterdir())
+    rc, out, _ = cli(capsys, "corpus", "build", "--out-dir", "out", "--seed", "2")
+    assert rc == 0 and (elsewhere / "out" / "train.txt").read_bytes() == (mine / "train.txt").read_bytes()
+    assert _shipped_bytes() == before
+
+
+@pytest.mark.parametrize("where", ["corpus", "checkpoints", "root", "package"])
+def test_build_without_facts_or_out_dir_never_writes_into_the_shipped_folders(where, monkeypatch, capsys):
+    from ..conftest import assert_one_line_error, cli
+    folder = {"corpus": paths.CORPUS, "checkpoints": paths.CHECKPOINTS, "root": paths.SHIPPED,
+              "package": paths.SHIPPED / "contextbot" if (paths.SHIPPED / "contextbot").is_dir()
+              else paths.SHIPPED}[where]
+    before = _shipped_bytes()
+    listing = sorted(p.name for p in folder.iterdir())
+    monkeypatch.chdir(folder)
+    rc, _, err = cli(capsys, "corpus", "build")
+    assert_one_line_error(rc, err, "shipped files.*--out-dir.*--facts")
+    assert _shipped_bytes() == before and sorted(p.name for p in folder.iterdir()) == listing
+
+
+def test_a_refused_build_leaves_the_old_corpus_as_it_was(tmp_path):
+    """Everything is validated before anything is written: a bad facts file, or a valid.txt that
+    cannot be written, leaves train.txt and valid.txt as they were."""
+    good = json.loads(paths.DEFAULT_FACTS.read_text(encoding="utf-8"))
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps(good), encoding="utf-8")
+    corpus.build(facts, train_conversations=5, valid_conversations=2)
+    old = {n: (tmp_path / n).read_bytes() for n in ("train.txt", "valid.txt")}
+    bad_names = ["Tom\nCruise", "T" * 5000, "Tom\x1b[2JCruise", "Megan  Fox"]
+    for bad in bad_names:
+        broken = json.loads(json.dumps(good))
+        broken["entities"][-1]["name"] = bad
+        facts.write_text(json.dumps(broken), encoding="utf-8")
+        with pytest.raises(ContextbotError):
+            corpus.build(facts, train_conversations=5, valid_conversations=2)
+        assert {n: (tmp_path / n).read_bytes() for n in old} == old
+    facts.write_text(json.dumps(good), encoding="utf-8")
+    (tmp_path / "valid.txt").unlink()
+    (tmp_path / "valid.txt").mkdir()
+    with pytest.raises(ContextbotError, match="valid.txt: is a directory; nothing was written"):
+        corpus.build(facts, seed=2, train_conversations=5, valid_conversations=2)
+    assert (tmp_path / "train.txt").read_bytes() == old["train.txt"]

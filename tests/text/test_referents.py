@@ -137,3 +137,49 @@ def test_the_facts_beside_the_corpus_are_found_and_a_corpus_without_them_still_t
                      "--steps", "2", "--hidden", "8", "--batch", "2", "--seq-len", "16"]) == 0
         assert checkpoint.load(out).config.referents == classes
     assert "training without the referent signal" in capsys.readouterr().err
+
+
+#: People whose names change under the corpus's case noise in ways lower() does not take back.
+UNICODE_PEOPLE = [
+    ("Yusuf Yılmaz", "he"), ("Işıl Ünal", "she"), ("Jürgen Weiß", "he"), ("µarco Caſpar", "he"),
+    ("Ὀδυσσεύς Λαέρτιος", "he"), ("\u212Aelvin ﬁnch", "he"), ("İlkay Gündoğan", "she"),
+]
+
+
+def test_training_on_names_in_every_case_runs_and_labels_them(tmp_path, capsys):
+    """Issue: `contextbot train` died with a KeyError in the referent labels when the corpus wrote
+    "YUSUF YILMAZ" in capitals. Now a corpus built from such names trains (a few tiny steps), and
+    the labels name those people wherever a question names them, in whatever case."""
+    from contextbot.cli import main
+    from contextbot.text import corpus
+    from contextbot.text.facts import name_key
+
+    people = [{"name": n, "pronoun": p, "profession": "doctor", "nationality": "Turkish",
+               "city": "İzmir", "spouse": None, "born": 1980 + i} for i, (n, p) in enumerate(UNICODE_PEOPLE)]
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps({"entities": people}, ensure_ascii=False), encoding="utf-8")
+    train_txt, _ = corpus.build(facts, seed=3, train_conversations=150, valid_conversations=5)
+    entities = load_facts(facts)
+    convs = list(corpus.read_conversations(train_txt))
+    questions = [q for c in convs for q, _ in c.turns]
+    # The corpus really writes these names in capitals and in lower case.
+    for name, _ in UNICODE_PEOPLE[:2]:
+        assert any(name.upper() in q for q in questions), name
+        assert any(name.lower() in q for q in questions), name
+    ref = Referents(entities)
+    named = 0
+    for c in convs:
+        for (q, a), (_, after) in zip(c.turns, ref.turns(c)):
+            people = [i for i, e in enumerate(entities) if name_key(e.name) in name_key(q)]
+            if a == "I don't know who that is." or len(people) != 1:
+                continue
+            e = entities[people[0]]
+            assert after[("he", "she").index(e.pronoun)] == 2 + people[0], (q, after)
+            named += q.upper() == q or q.lower() == q
+    assert named > 10  # questions in capitals or lower case that name someone were labelled
+    out = tmp_path / "m.safetensors"
+    rc = main(["train", "--corpus", str(train_txt), "--valid", "none", "--out", str(out), "--steps", "2",
+               "--hidden", "8", "--batch", "2", "--seq-len", "32"])
+    assert rc == 0, capsys.readouterr().err
+    assert checkpoint.load(out).config.referents == len(entities) + 2
+    assert "Traceback" not in capsys.readouterr().err

@@ -66,8 +66,9 @@ def _summary(r: subprocess.CompletedProcess) -> dict:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
+    """The tiny corpus twice: four conversations, one for each of --batch 4's streams."""
     p = tmp_path_factory.mktemp("ddp") / "tiny.txt"
-    p.write_text(TINY_CORPUS, encoding="utf-8")
+    p.write_text(TINY_CORPUS + "\n" + TINY_CORPUS, encoding="utf-8")
     return p
 
 

@@ -139,7 +139,7 @@ def test_whole_conversation_training_resumes_exactly(tiny_corpus, tmp_path, cell
     full, part = tmp_path / "full.safetensors", tmp_path / "part.safetensors"
     train(_opts(tiny_corpus, full, steps=7, cell=cell, seq_len=0))
     train(_opts(tiny_corpus, part, steps=3, cell=cell, seq_len=0))
-    train(_opts(tiny_corpus, part, steps=7, resume=True))
+    train(_opts(tiny_corpus, part, steps=7, resume=True, seq_len=0))  # a recipe option given must agree
     a, b = _weights(full), _weights(part)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged"
 

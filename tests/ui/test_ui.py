@@ -24,6 +24,7 @@ from textual.widgets import Static
 from contextbot.model import checkpoint as ckpt_io
 from contextbot import chat as session_module
 from contextbot.chat import MAX_QUESTION, ChatSession
+from contextbot.text.terminal import visible
 from contextbot.ui import app as app_module
 from contextbot.ui import streaming
 from contextbot.ui.app import ChatApp
@@ -196,7 +197,7 @@ async def test_ctrl_d_shows_both_answers(tiny):
         assert comparison.carried == carried
         assert comparison.zeroed == ChatSession.load(tiny).ask("Where does he live?")
         shown = [s.content.plain for s in comparison.query(Static)]
-        assert shown == [carried or "(empty reply)", comparison.zeroed or "(empty reply)"]
+        assert shown == [visible(carried) or "(empty reply)", visible(comparison.zeroed) or "(empty reply)"]
         assert app.transcript.entries[-1].zeroed_reply == comparison.zeroed
         assert torch.equal(app.session.state, state_before)  # the conversation's memory untouched
 
