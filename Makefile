@@ -17,7 +17,7 @@ LSTM_FIRST ?= 4000
 LSTM_STEPS ?= 16500
 RNN_STEPS ?= 4200
 
-.PHONY: setup chat test test-all checkpoints results figures bench clean
+.PHONY: setup chat test test-all browser checkpoints results figures bench clean
 
 setup: $(STAMP)
 
@@ -38,8 +38,18 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Everything, slow tests included: what CI runs (.ci/run).
-test-all: $(STAMP)
+test-all: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m '' $(PYTEST_ARGS)
+
+# A headless browser for `contextbot chat --web`'s test (tests/ui/test_web.py) and its figure:
+# Debian's chromium and chromium-driver, installed only as root with apt-get; elsewhere the test
+# skips and says why. Selenium, which drives them, is a dev extra (pyproject.toml).
+browser: $(STAMP)
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+	    || echo "make browser: apt-get could not install chromium; the browser test will skip"; \
+	else echo "make browser: no chromium, and no apt-get as root to install it; the browser test will skip"; fi
 
 # The three shipped checkpoints, from the shipped corpus, one after another (each uses both
 # cores; their training times are in README's results table). The GRU is the default recipe
@@ -60,13 +70,15 @@ results: $(STAMP)
 	$(BIN)/python -m contextbot.analysis.results
 
 # The figures, from the shipped checkpoints: README's screenshot of the chat (docs/ui.svg) and
-# the three figures of docs/inspecting.md (`contextbot inspect`).
+# the four figures of docs/inspecting.md (`contextbot inspect`).
 FIGURE_CELLS := gru lstm rnn
-figures: $(STAMP)
+figures: $(STAMP) browser
 	mkdir -p docs
 	$(BIN)/python -m contextbot.ui.screenshot docs/ui.svg
+	$(BIN)/python -m contextbot.ui.webshot --screenshot docs/ui-web.png  # chat --web, in Chromium
 	$(BIN)/contextbot inspect --checkpoint checkpoints/gru.safetensors --plot docs/seed-dialogue.png
 	$(BIN)/contextbot inspect --checkpoint checkpoints/gru.safetensors --units 'Megan Fox' --plot docs/units-megan-fox.png
+	$(BIN)/contextbot inspect --readout --checkpoint checkpoints/gru.safetensors --plot docs/readout.png
 	$(BIN)/contextbot inspect --probe $(foreach c,$(FIGURE_CELLS),$(if $(wildcard checkpoints/$(c).safetensors),--checkpoint checkpoints/$(c).safetensors)) --plot docs/probe.png
 
 # Speed and memory: writes docs/bench.json and the table in docs/performance.md.

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 
 from .model import checkpoint
-from .model.network import State, layer_norms, mask_state
+from .model.network import State, hidden_of, layer_norms, mask_state
 from .model.recurrence import reference as gates
 from .model.recurrence.stepper import Answer, Stepper
 from .paths import default_checkpoint
@@ -46,6 +46,14 @@ class StreamStep(NamedTuple):
 
     char: str
     norms: tuple[float, ...]
+
+
+class PromptTrace(NamedTuple):
+    """A turn's prompt, character by character, with the top layer's h right after each one
+    (`ChatSession.trace_prompt`)."""
+
+    text: str  # the prompt as fed, `Q: {question}\nA: `
+    hidden: torch.Tensor  # (len(text), hidden): the top layer's h after each character of `text`
 
 
 class ChatSession:
@@ -114,6 +122,30 @@ class ChatSession:
         newline (`turns.drive` feeds it however the turn ends).
         """
         return self._generate(clean_question(text))
+
+    def trace_prompt(self, text: str) -> PromptTrace:
+        """The top layer's h after each character of the prompt that `stream(text)` would feed,
+        from the state that turn would start from (the carried state; zero when `carry` is off),
+        leaving the session as it is: its state, its counts, its last step.
+
+        What the state holds while the question is read, which `stream` does not show (it feeds
+        the prompt in one call): the terminal UI reads who "he" and "she" mean from it. The
+        recurrence is the session's own (`Stepper`), a token at a time; a character spelled in
+        several byte tokens gets the state after its last byte. Refuses a question as `stream`
+        does (ValueError)."""
+        question = clean_question(text)
+        state = self.state if self.carry else self.model.zero_state(1, self.device)
+        decoder = self.tokenizer.decoder()
+        chars: list[str] = []
+        rows: list[torch.Tensor] = []
+        for token in self.tokenizer.encode(prompt(question)):
+            _, state = self._stepper.step(token, state)  # a new state; the session's is untouched
+            top = hidden_of(state)[-1, 0]
+            for ch in decoder.push(token):
+                chars.append(ch)
+                rows.append(top)
+        hidden = torch.stack(rows) if rows else torch.zeros(0, self.model.config.hidden)
+        return PromptTrace("".join(chars), hidden)
 
     def _generate(self, question: str) -> Iterator[StreamStep]:
         # No torch.inference_mode() here: Stepper runs no autograd-tracked operation, and the
@@ -221,15 +253,30 @@ class BatchSession:
     def __init__(self, session: ChatSession):
         self.model, self.tokenizer, self.device = session.model, session.tokenizer, session.device
 
+    def run(self, conversations: list[list[str]],
+            zero_before: list[set[int]] | None = None) -> list[list[str]]:
+        """Talk each list of questions through from a zero state; return the replies,
+        `replies[b][t]`. `zero_before[b]` lists turn indices whose state is zeroed first (the
+        stateless comparison)."""
+        return self._run(conversations, zero_before, False)[0]
+
+    def run_with_prompt_states(self, conversations: list[list[str]],
+                               zero_before: list[set[int]] | None = None,
+                               ) -> tuple[list[list[str]], list[list[torch.Tensor]]]:
+        """`run`, and the states replies are generated from: `(replies, states)`, where
+        `states[b][t]` is the top layer's h, (hidden,), at the end of turn t's prompt (after
+        `Q: ...\\nA: `), what analysis/readout.py reads, taken in the same pass."""
+        return self._run(conversations, zero_before, True)
+
     @torch.inference_mode()
-    def run(self, conversations: list[list[str]], zero_before: list[set[int]] | None = None) -> list[list[str]]:
-        """Talk each list of questions through from a zero state; return the replies.
-        `zero_before[b]` lists turn indices whose state is zeroed first (the stateless comparison)."""
+    def _run(self, conversations: list[list[str]], zero_before: list[set[int]] | None,
+             prompt_states: bool) -> tuple[list[list[str]], list[list[torch.Tensor]]]:
         model, tok = self.model, self.tokenizer
         line_ends = torch.tensor(sorted(tok.line_end_ids), device=self.device)
         n = len(conversations)
         state = model.zero_state(n, self.device)
         replies: list[list[str]] = [[] for _ in range(n)]
+        tops: list[list[torch.Tensor]] = [[] for _ in range(n)]
         for turn in range(max(len(c) for c in conversations)):
             active = [b for b in range(n) if turn < len(conversations[b])]
             idx = torch.tensor(active, device=self.device)
@@ -240,6 +287,10 @@ class BatchSession:
             prompts = [torch.tensor(tok.encode(prompt(clean_question(conversations[b][turn]))),
                                     device=self.device) for b in active]
             logits, sub = model.forward_packed(prompts, sub)  # (active, vocab)
+            if prompt_states:
+                top = hidden_of(sub)[-1].cpu()  # (active, hidden): the top layer's h
+                for i, b in enumerate(active):
+                    tops[b].append(top[i])
             generated: list[list[int]] = [[] for _ in active]
             done = torch.zeros(len(active), dtype=torch.bool, device=self.device)
             for _ in range(MAX_REPLY):
@@ -264,7 +315,7 @@ class BatchSession:
                 state[:, idx] = sub
             for i, b in enumerate(active):
                 replies[b].append(tok.decode(generated[i]))
-        return replies
+        return replies, tops
 
 
 def _blend(new: State, old: State, keep: torch.Tensor) -> State:

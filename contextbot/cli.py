@@ -83,11 +83,20 @@ def build_parser() -> Parser:
     a.add_argument("--seed", type=int, default=0, help="seed for sampling, 0 to 2**64 - 1 (default 0)")
 
     ch = sub.add_parser("chat", help="chat in a terminal UI beside a live view of the hidden state", **_doc(
-        "Chat in a terminal UI beside a live view of the hidden state: its norm per layer, the "
-        "gates, the carryover between turns and the most active units. F1 lists the keys.",
+        "Chat in a terminal UI beside a live view of the hidden state: who 'he' and 'she' mean "
+        "as the state holds them (the memory readout), its norm per layer, the gates, the "
+        "carryover between turns and the most active units. F1 lists the keys.",
         "contextbot chat",
-        "contextbot chat --checkpoint checkpoints/lstm.safetensors"))
+        "contextbot chat --checkpoint checkpoints/lstm.safetensors",
+        "contextbot chat --web --port 8080"))
     ch.add_argument("--checkpoint", help="checkpoint (default: $CONTEXTBOT_CHECKPOINT or checkpoints/gru.safetensors)")
+    ch.add_argument("--web", action="store_true",
+                    help="serve the same app to a browser (textual-serve) instead of this terminal; "
+                         "prints the address to open, runs until Ctrl-C")
+    ch.add_argument("--port", type=int, help="with --web: the port to listen on (default 8000)")
+    ch.add_argument("--host", help="with --web: the address to listen on (default localhost: this "
+                                   "machine only; another host, e.g. 0.0.0.0, exposes the chat, "
+                                   "and the model, to the network)")
 
     e = sub.add_parser("eval", help="score context tracking by kind of conversation", **_doc(
         "Score context tracking on fresh conversations generated from a facts file, by kind of "
@@ -120,7 +129,8 @@ def build_parser() -> Parser:
     i = sub.add_parser("inspect", help="show how the hidden state carries context from turn to turn", **_doc(
         "Show how the hidden state carries context from turn to turn: each reply from the carried "
         "and from a zeroed state, norms, cosines and gates; or the units that are on over a "
-        "phrase (--units); or a linear probe of the referent (--probe).",
+        "phrase (--units); or a linear probe of the referent (--probe); or who the model's own "
+        "referent head reads 'he' and 'she' as (--readout).",
         'contextbot inspect "Who is Tom Cruise?" "Where does he live?"',
         'contextbot inspect --units "Tom Cruise" --plot units.png',
         "contextbot inspect --probe --checkpoint checkpoints/gru.safetensors "
@@ -138,6 +148,8 @@ def build_parser() -> Parser:
                       help="find the hidden units that are on over TEXT and show where they fire again")
     mode.add_argument("--probe", action="store_true",
                       help="how well a linear probe reads the referent from the state, by turns since the introduction")
+    mode.add_argument("--readout", action="store_true",
+                      help="who the referent head reads 'he' and 'she' as, per character, carried and zeroed")
     i.add_argument("--conversations", type=int,
                    help="--probe: generated conversations per checkpoint, a third held out (default 600)")
     return p
@@ -241,10 +253,14 @@ def cmd_chat(args) -> int:
     the shell, like a typo in any other command: a path that does not exist, a directory, a
     device or a pipe (which `ask` refuses too), a file that cannot be read, and a session with no
     terminal to draw on or read keys from (the UI would wait forever). A file that exists but is
-    damaged is reported on screen while loading, and again here (exit 2) once the user quits."""
+    damaged is reported on screen while loading, and again here (exit 2) once the user quits.
+    With --web, the same checks, then a web server (contextbot/ui/web.py) instead of the app."""
     from pathlib import Path
 
     from .paths import default_checkpoint
+    from .ui import web
+    if not args.web and (args.port is not None or args.host is not None):
+        raise ContextbotError(f"{'--port' if args.port is not None else '--host'} needs --web")
     path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
     try:
         if path.is_dir():
@@ -257,9 +273,13 @@ def cmd_chat(args) -> int:
             pass
     except OSError as exc:  # a folder on the way that may not be read, a file that may not be
         raise ContextbotError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if args.web:  # a server: no terminal needed; each browser tab runs `chat` under the web driver
+        return web.serve(path, web.DEFAULT_HOST if args.host is None else args.host,
+                         web.DEFAULT_PORT if args.port is None else args.port)
     # Textual reads keys from stdin and draws on stderr. stdout is checked as well, so that
     # `contextbot chat > file` (or `| less`) is refused like `< file`, rather than half working.
-    if not all(_is_terminal(stream) for stream in (sys.stdin, sys.stdout, sys.stderr)):
+    # A tab of `chat --web` has pipes, and Textual's web driver, instead.
+    if not web.served_by_web() and not all(_is_terminal(stream) for stream in (sys.stdin, sys.stdout, sys.stderr)):
         raise ContextbotError("chat needs a terminal; use 'contextbot ask'")
     from .ui.app import ChatApp
     app = ChatApp(path)

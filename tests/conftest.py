@@ -79,6 +79,27 @@ def random_state(model: RecurrentLM, seed: int = 1):
     return (h, torch.randn(c.layers, 1, c.hidden, generator=g) * 0.5) if c.cell == "lstm" else h
 
 
+def save_with_referent_head(path: Path, tok: Tokenizer, names: list[str] | None, cell: str = "gru",
+                            layers: int = 1, seed: int = 0, scale: float = 8.0, step: int = 0) -> Path:
+    """A random model saved with a referent head over nobody, a stranger and `names` (the names
+    its checkpoint records); `names=None`: a checkpoint trained without the referent signal, no
+    head. It never emits a byte piece or <unk>, as a trained model; the head's weights are scaled
+    by `scale` so that its readings move with every character."""
+    torch.manual_seed(seed)
+    referents = 2 + len(names) if names is not None else 0
+    model = RecurrentLM(ModelConfig(vocab_size=tok.vocab_size, cell=cell, embed=8, hidden=16,
+                                    layers=layers, referents=referents)).eval()
+    with torch.no_grad():
+        for i in range(tok.vocab_size):
+            if tok.piece_byte[i] is not None or tok.piece_text[i] == "":
+                model.head.bias[i] = -1e4
+        if model.referent_head is not None:
+            model.referent_head.weight.mul_(scale)
+    options = {"referent_names": list(names)} if names is not None else None
+    checkpoint.save(path, model, tok, step=step, train_options=options)
+    return path
+
+
 @pytest.fixture
 def tiny_checkpoint(tmp_path, tiny_tokenizer) -> Path:
     """A randomly initialised GRU saved as a real checkpoint. Its output bias rules out the byte

@@ -267,3 +267,32 @@ def test_after_1000_turns_the_bot_still_follows_a_new_introduction():
     s, *_ = _thousand_turns()
     assert s.ask("Who is Tom Cruise?") == "He is an American actor."
     assert s.ask("Where does he live?") == "He lives in Beverly Hills."
+
+
+# -- trace_prompt: the state while the question is read ----------------------------------------------
+@pytest.mark.parametrize("carry", [True, False])
+def test_trace_prompt_is_the_prompt_fed_through_the_module_and_changes_nothing(tiny_checkpoint, carry):
+    s = ChatSession.load(tiny_checkpoint)
+    s.ask("Who is Tom Cruise?")
+    s.carry = carry
+    state, seen, last = s.state.clone(), s.chars_seen, s._last
+    trace = s.trace_prompt("  Where does\the live? ")  # cleaned as `stream` cleans it
+    assert trace.text == prompt(clean_question("  Where does\the live? "))
+    assert trace.hidden.shape == (len(trace.text), s.model.config.hidden)
+    # The top layer's h after each character: the module's output, from the state the turn starts
+    # from (the carried one, or zero with carry off).
+    start = state if carry else s.model.zero_state(1)
+    with torch.no_grad():
+        x = s.model.embedding(torch.tensor([s.tokenizer.encode(trace.text)]))
+        out, _ = s.model.rnn(x, start)
+    torch.testing.assert_close(trace.hidden, out[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(s.state, state) and s.chars_seen == seen and s._last is last
+    if not carry:  # with carry off, the turn itself still starts from zero
+        assert s.ask("Where does he live?") == ChatSession.load(tiny_checkpoint).ask("Where does he live?")
+
+
+def test_trace_prompt_refuses_what_stream_refuses(tiny_checkpoint):
+    s = ChatSession.load(tiny_checkpoint)
+    with pytest.raises(ValueError):
+        s.trace_prompt("x" * (MAX_QUESTION + 1))
+    assert float(s.state.abs().sum()) == 0.0 and s.chars_seen == 0

@@ -14,9 +14,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import torch
+
 from ..text.dialogue import HELD_OUT_QUESTIONS, INTRO_FORMS, Talk, Turn, phrasing
+from ..text.referents import PRONOUNS
 from ..text.facts import ATTRIBUTES, Entity
 from ..chat import BatchSession, ChatSession
+from .readout import Readout
 
 # (key, label). The order is the table's order.
 CATEGORIES = [
@@ -57,6 +61,9 @@ class Item:
     scored: set[int] = field(default_factory=set)
     zero_before: set[int] = field(default_factory=set)
     distance: int | None = None
+    #: For each scored pronoun question whose right answer is about a known person: that person,
+    #: and everyone in play at that turn (for `agreement`).
+    about: dict[int, tuple[Entity, tuple[Entity, ...]]] = field(default_factory=dict)
 
 
 def is_right(reply: str, turn: Turn) -> bool:
@@ -85,7 +92,12 @@ def make_item(category: str, rng: random.Random, entities: list[Entity]) -> Item
     item = Item(category, talk.turns)
 
     def score(turn_index: int | None = None) -> None:
-        item.scored.add(len(talk.turns) - 1 if turn_index is None else turn_index)
+        i = len(talk.turns) - 1 if turn_index is None else turn_index
+        item.scored.add(i)
+        turn = talk.turns[i]
+        who = talk.slots.get(turn.pronoun) if turn.pronoun else None
+        if turn.kind in ("fact", "compound") and isinstance(who, Entity):
+            item.about[i] = (who, tuple(talk.in_play))
 
     if category == "intro":
         if rng.random() < 0.5:
@@ -181,26 +193,105 @@ class Result:
         return self.right / self.total if self.total else 0.0
 
 
+AGREEMENT_LABEL = "readout agrees with the reply"
+
+
+@dataclass
+class Agreement(Result):
+    """How often the referent head's reading (analysis/readout.py) names the person the bot's
+    reply is about (`agreement`); `left_out` counts the questions it could not judge: those
+    whose fact another person in play shares, and those whose reply is about no one in play."""
+
+    left_out: int = 0
+
+
 class Scores(NamedTuple):
     """What `run` measured: by category; the pronoun categories by small-talk turns since the
-    introduction; and the unseen phrasings one by one, to show which ones the model generalises to."""
+    introduction; the unseen phrasings one by one, to show which ones the model generalises to;
+    and how often the readout agrees with the replies (None for a checkpoint without the head)."""
 
     by_category: dict[str, Result]
     by_distance: dict[int, Result]
     by_phrasing: dict[str, Result]
+    agreement: Agreement | None = None
+
+
+def identifies(who: Entity, attribute: str, people: tuple[Entity, ...]) -> bool:
+    """Does `who`'s fact for `attribute` tell them apart from everyone else in play? Not when
+    another person's fact is the same, contains it or is contained in it ("American" twice)."""
+    mine = who.fact(attribute).lower()
+    return all(e is who or (mine not in e.fact(attribute).lower() and e.fact(attribute).lower() not in mine)
+               for e in people)
+
+
+def reply_people(reply: str, attribute: str, people: tuple[Entity, ...]) -> list[Entity]:
+    """The people in play whose name, or whose fact for the asked attribute, the reply contains
+    (case folded): none for "Who do you mean?", several for a reply that mixes people up."""
+    r = reply.lower()
+    return [e for e in people if e.name.lower() in r or e.fact(attribute).lower() in r]
+
+
+def reply_person(reply: str, attribute: str, people: tuple[Entity, ...]) -> Entity | None:
+    """The person in play a reply is about: the one person `reply_people` finds. None when it
+    finds no one, or several people."""
+    hits = reply_people(reply, attribute, people)
+    return hits[0] if len(hits) == 1 else None
+
+
+def agreement(readings: list[str], turns: list[Turn], replies: list[str],
+              about: list[tuple[Entity, tuple[Entity, ...]]], result: Agreement) -> None:
+    """Count into `result` whether the readout names the person each reply is about.
+
+    Judged: every scored pronoun question whose right answer is about a known person
+    (`Item.about`: the "fact" and "compound" turns), asked with the carried state (the stateless
+    category's zeroed questions are not), and whose right fact tells that person apart from the
+    others in play (`identifies`), and whose reply is about someone in play; the rest are
+    `left_out` (a reply about no one, "Who do you mean?", says nothing about whom it means).
+    `readings[i]` is the label of the readout's likeliest class for the question's pronoun at the
+    end of the prompt (after `Q: ...\\nA: `, the state the reply is generated from). It agrees
+    when that label is the name of the person the reply is about (`reply_person`); a reply about
+    another person, or about several people, disagrees.
+    """
+    for label, turn, reply, (who, people) in zip(readings, turns, replies, about):
+        hits = reply_people(reply, turn.attribute, people)
+        if not identifies(who, turn.attribute, people) or not hits:
+            result.left_out += 1
+            continue
+        ok = len(hits) == 1 and hits[0].name == label
+        result.total += 1
+        result.right += ok
+        if not ok and len(result.examples) < 3:
+            result.examples.append((turn.question, reply, f"{turn.pronoun} → {label}"))
 
 
 def run(session: ChatSession, items: list[Item], batch: int = 512) -> Scores:
     """Talk every item through the model (many conversations at once, with `BatchSession`, which
-    follows ChatSession's protocol exactly), and score every scored turn."""
+    follows ChatSession's protocol exactly), and score every scored turn. For a checkpoint with
+    a referent head, the same pass keeps the states at the end of each prompt, and `agreement`
+    compares what the head reads there with the reply."""
     by_cat = {k: Result() for k, _ in CATEGORIES}
     by_dist: dict[int, Result] = {}
     by_phrasing = {phrasing(t): Result() for ts in HELD_OUT_QUESTIONS.values() for t in ts}
+    readout = Readout.of(session.checkpoint)
+    agreed = Agreement() if readout is not None else None
     talker = BatchSession(session)
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
-        replies = talker.run([[t.question for t in it.turns] for it in chunk],
-                             [it.zero_before for it in chunk])
+        questions = [[t.question for t in it.turns] for it in chunk]
+        zero_before = [it.zero_before for it in chunk]
+        if readout is None:
+            replies = talker.run(questions, zero_before)
+        else:
+            replies, tops = talker.run_with_prompt_states(questions, zero_before)
+            judged = [(item, n, i) for n, item in enumerate(chunk) for i in sorted(item.about)
+                      if i not in item.zero_before]
+            if judged:
+                probs = readout.probabilities(torch.stack([tops[n][i] for _, n, i in judged]))
+                rows = torch.tensor([PRONOUNS.index(item.turns[i].pronoun) for item, _, i in judged])
+                best = probs[torch.arange(len(judged)), rows].argmax(-1).tolist()
+                agreement([readout.labels[k] for k in best], [item.turns[i] for item, _, i in judged],
+                          [replies[n][i] for _, n, i in judged], [item.about[i] for item, _, i in judged],
+                          agreed)
         for item, item_replies in zip(chunk, replies):
             for i in sorted(item.scored):
                 turn, reply = item.turns[i], item_replies[i]
@@ -219,7 +310,7 @@ def run(session: ChatSession, items: list[Item], batch: int = 512) -> Scores:
                     p.total += 1
                     p.right += ok
     return Scores(by_cat, dict(sorted(by_dist.items())),
-                  {k: v for k, v in by_phrasing.items() if v.total})
+                  {k: v for k, v in by_phrasing.items() if v.total}, agreed)
 
 
 def seed_dialogue(session: ChatSession) -> list[dict]:

@@ -24,7 +24,9 @@ from ..model.checkpoint import load as load_checkpoint
 from ..model.recurrence import reference as gates
 from ..paths import default_checkpoint
 from . import probe
-from .trace import TurnTrace, seed_questions, trace_conversation, trace_json, turn_summary
+from .readout import Readout, Reading
+from .trace import (TurnTrace, readout_probabilities, seed_questions, trace_conversation, trace_json,
+                    turn_summary)
 from .units import Units, find_units, units_json
 
 
@@ -120,6 +122,38 @@ def print_units(ckpt: Checkpoint, units: Units, turns: list[TurnTrace], console:
                       markup=False)
 
 
+def _reading_cell(readings: tuple[Reading, Reading]) -> Text:
+    """ "he → Tom Cruise 0.98" and "she → nobody 0.91", a line each; people in bold."""
+    out = Text()
+    for k, r in enumerate(readings):
+        if k:
+            out.append("\n")
+        out.append(f"{r.pronoun} → ")
+        out.append(visible(r.label), style="bold" if r.is_person else "dim")
+        out.append(f" {r.probability:.2f}")
+    return out
+
+
+def print_readout(ckpt: Checkpoint, readout: Readout, turns: list[TurnTrace], stateless: list[TurnTrace],
+                  console: Console) -> None:
+    """The rich table of `--readout`: a row per turn, who "he" and "she" mean at the turn's end
+    (after the reply's newline), with the carried state and from a zeroed state."""
+    hidden = ckpt.config.hidden
+    table = Table(title=Text(visible(header(ckpt))), show_lines=True,
+                  caption="the referent head's likeliest class for each pronoun at the end of the turn, "
+                          "with its probability")
+    for col, just in (("#", "right"), ("question", "left"), ("reply (carried state)", "left"),
+                      ("he / she (carried)", "left"), ("reply (zeroed state)", "left"),
+                      ("he / she (zeroed)", "left")):
+        table.add_column(col, justify=just)
+    for n, (turn, zero) in enumerate(zip(turns, stateless), 1):
+        carried = readout.readings(readout_probabilities(readout, turn, hidden)[-1])
+        zeroed = readout.readings(readout_probabilities(readout, zero, hidden)[-1])
+        table.add_row(str(n), Text(visible(turn.question)), Text(visible(turn.reply)), _reading_cell(carried),
+                      Text(visible(zero.reply)), _reading_cell(zeroed))
+    console.print(table)
+
+
 # -- the command --------------------------------------------------------------------------------
 MAX_CONVERSATIONS = 10_000  # --probe --conversations: far above the default (600), below a hang
 def read_script(path: str | Path) -> list[str]:
@@ -161,9 +195,31 @@ def _run(args) -> int:
         raise ContextbotError("give questions or --script, not both")
     questions = read_script(args.script) if args.script else (args.questions or seed_questions())
     ckpt = load_checkpoint(paths[0] or default_checkpoint())
-    turns = trace_conversation(ckpt, questions, zeroed=args.units is None)
+    wants_readout = args.readout
+    readout = Readout.of(ckpt) if wants_readout else None
+    if wants_readout and readout is None:
+        raise ContextbotError(f"{ckpt.path}: trained without the referent signal: it has no referent "
+                              "head for --readout to read")
+    if readout is not None:  # the stateless run, traced character by character, gives the zeroed replies
+        stateless = trace_conversation(ckpt, questions, carry=False)
+        turns = trace_conversation(ckpt, questions, zeroed=False)
+        for turn, zero in zip(turns, stateless):
+            turn.reply_zeroed = zero.reply
+    else:
+        turns = trace_conversation(ckpt, questions, zeroed=args.units is None)
     console = console_for(stderr=args.json)  # with --json, stdout carries only the JSON
-    if args.units is not None:
+    if readout is not None:
+        if args.json:
+            sys.stdout.write(json.dumps(trace_json(ckpt, turns, stateless)) + "\n")
+        else:
+            print_readout(ckpt, readout, turns, stateless, console)
+        if plot_path:
+            hidden = ckpt.config.hidden
+            plots.save(plots.readout_figure(
+                turns, stateless, readout.labels,
+                [readout_probabilities(readout, t, hidden) for t in turns],
+                [readout_probabilities(readout, t, hidden) for t in stateless], header(ckpt)), plot_path)
+    elif args.units is not None:
         units = find_units(turns, args.units, ckpt.config.hidden)
         if args.json:
             sys.stdout.write(json.dumps(units_json(ckpt, units)) + "\n")

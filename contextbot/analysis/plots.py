@@ -19,6 +19,7 @@ from pathlib import Path
 import matplotlib
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 
 from ..files import write_atomic
@@ -228,4 +229,58 @@ def probe_figure(results) -> Figure:
     axes[-1].legend(loc="lower left", fontsize=8)
     fig.suptitle("What the state remembers: a linear probe reads the referent from the carried state",
                  fontsize=11)
+    return fig
+
+
+#: The readout's two classes that are not people: grey tones (light: nobody, dark: a stranger).
+READOUT_GREYS = ("#c8c8c8", "#6e6e6e")
+
+
+def _person_colours(used: list[int]) -> dict[int, str]:
+    """A colour per class: grey tones for nobody and a stranger, a qualitative colour for each
+    person who appears (in the order of the facts file, so a person keeps a colour)."""
+    colours = {0: READOUT_GREYS[0], 1: READOUT_GREYS[1]}
+    # Grey is for the classes that are not people, orange shades the replies.
+    taken = {to_rgb("tab:gray"), to_rgb("tab:orange")}
+    palette = [c for c in matplotlib.colormaps["tab10"].colors if tuple(c) not in taken]
+    people = [k for k in sorted(set(used)) if k >= 2]
+    for n, k in enumerate(people):
+        colours[k] = to_hex(palette[n % len(palette)])
+    return colours
+
+
+@plain_text()
+def readout_figure(turns, stateless, labels: list[str], probs: list[torch.Tensor],
+                   probs_stateless: list[torch.Tensor], title: str) -> Figure:
+    """Who the referent head reads "he" and "she" as, character by character: one band per
+    pronoun, coloured by the likeliest class (a colour per person, grey for nobody and a stranger),
+    its opacity the probability; above, the conversation with the carried state, below, the same
+    questions each asked from a zeroed state. `probs[t]` is turn t's (steps, 2, classes)."""
+    from matplotlib.patches import Patch
+
+    runs = [(turns, torch.cat(probs)), (stateless, torch.cat(probs_stateless))]
+    best = [p.max(-1) for _, p in runs]  # (values, indices), each (steps, 2)
+    used = [int(k) for _, i in best for k in i.flatten().unique()]
+    colours = _person_colours(used)
+    n = max(len(p) for _, p in runs)
+    fig = Figure(figsize=(_width(n), 4.6))
+    axes = fig.subplots(2, 1)
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=1.0 / w, right=1 - 0.8 / w, top=1 - 0.9 / h, bottom=0.4 / h, hspace=0.55)
+    _title(fig, title + ": who the referent head reads \"he\" and \"she\" as (opacity: probability; "
+                        "replies shaded orange)")
+    names = ("carried state", "zeroed before every turn")
+    for ax, (run, _), (p, idx), name in zip(axes, runs, best, names):
+        table = torch.tensor([to_rgb(colours.get(k, READOUT_GREYS[0])) for k in range(len(labels))])
+        rgba = torch.cat([table[idx.t()], p.t().unsqueeze(-1)], -1)  # (2, steps, 4)
+        ax.imshow(rgba.numpy(), aspect="auto", interpolation="nearest", extent=(-0.5, len(p) - 0.5, 1.5, -0.5))
+        ax.set_yticks([0, 1], ["he", "she"], fontsize=9)
+        ax.set_ylim(1.5, -0.5)
+        ax.axhline(0.5, color="white", linewidth=1.5)
+        ax.set_ylabel(name, fontsize=8)
+        _conversation_axis(run, [ax])
+        ax.set_xlim(-0.5, n - 0.5)  # both runs on one scale, so a column is a character in both
+    handles = [Patch(color=colours[k], label=labels[k]) for k in sorted(colours) if k in set(used) or k < 2]
+    fig.legend(handles=handles, loc="upper right", ncol=min(len(handles), 6), fontsize=8, frameon=False,
+               bbox_to_anchor=(1 - 0.8 / w, 1 - 0.35 / h))
     return fig

@@ -32,7 +32,7 @@ def evaluate_checkpoint(path=None, seed=None, per_category=200, facts=None, vali
     entities = load_facts(facts or DEFAULT_FACTS)
     items = evaluate.generate(entities, seed if seed is not None else evaluate.EVAL_SEED, per_category)
     t0 = time.perf_counter()
-    by_cat, by_dist, by_phrasing = evaluate.run(session, items)
+    by_cat, by_dist, by_phrasing, agreed = evaluate.run(session, items)
     ck = session.checkpoint
     return {
         "checkpoint": str(ck.path),
@@ -48,8 +48,23 @@ def evaluate_checkpoint(path=None, seed=None, per_category=200, facts=None, vali
                         for d, r in by_dist.items()},
         "unseen_by_phrasing": {q: {"right": r.right, "total": r.total, "accuracy": round(r.accuracy, 4)}
                                for q, r in by_phrasing.items()},
+        "agreement": _agreement(agreed),
         "seed_dialogue": evaluate.seed_dialogue(session),
     }
+
+
+def _agreement(result: evaluate.Agreement | None) -> dict:
+    """The readout's agreement with the replies (evaluate.agreement says what is judged). For a
+    checkpoint trained without the referent signal, accuracy is null and `not_applicable` says why."""
+    if result is None:
+        return {"label": evaluate.AGREEMENT_LABEL, "right": 0, "total": 0, "left_out": 0,
+                "accuracy": None, "not_applicable": "trained without the referent signal (no referent head)",
+                "disagreements": []}
+    return {"label": evaluate.AGREEMENT_LABEL, "right": result.right, "total": result.total,
+            "left_out": result.left_out,
+            "accuracy": round(result.accuracy, 4) if result.total else None,
+            "not_applicable": None if result.total else "no pronoun question it could judge",
+            "disagreements": result.examples}
 
 
 def _category(key: str, label: str, result: evaluate.Result, not_applicable: str | None) -> dict:
@@ -83,7 +98,21 @@ def print_report(r: dict, console: Console) -> None:
         mark = "[green]✓[/]" if c["meets"] else "[red]✗[/]"
         table.add_row(c["label"], str(c["right"]), str(c["total"]), f"{c['accuracy']:.1%}",
                       f"{c['target']} {mark}")
+    a = r.get("agreement")
+    if a is not None:
+        if a["accuracy"] is None:
+            table.add_row(a["label"], "-", "-", "n/a", "—")
+        else:
+            table.add_row(a["label"], str(a["right"]), str(a["total"]), f"{a['accuracy']:.1%}", "—")
     console.print(table)
+    if a is not None and a["accuracy"] is not None:
+        console.print(f"{a['label']}: the head's likeliest referent for the pronoun, at the end of the "
+                      "prompt, is the one person in play whose name or asked fact the reply contains "
+                      f"(pronoun questions about a known person, carried state; {a['left_out']} left out "
+                      "whose fact another person in play shares or whose reply is about no one "
+                      "in play)", highlight=False, markup=False)
+    elif a is not None:
+        console.print(f"{a['label']}: n/a, {a['not_applicable']}", highlight=False, markup=False)
     for c in skipped:
         console.print(f"not applicable: {escape(c['label'])} ({escape(c['not_applicable'])})",
                       highlight=False, soft_wrap=True)

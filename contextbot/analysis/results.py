@@ -7,8 +7,8 @@ Each checkpoint goes through `report.evaluate_checkpoint`, the same evaluation a
 
 - docs/results.json: everything the evaluation returned, per cell, with the checkpoint's
   training time, thread count and parameter count, and the machine it was measured on;
-- docs/results.md: the full table (`table(results)`): every category, pronoun accuracy by exact
-  number of turns of small talk, the seed dialogue, validation bits per character, training
+- docs/results.md: the full table (`table(results)`): every category, how often the referent
+  head's reading agrees with the replies, pronoun accuracy by exact number of turns of small talk, the seed dialogue, validation bits per character, training
   time and parameters;
 - README.md: the short table (`table(results, full=False)`): the categories and the seed
   dialogue only.
@@ -67,6 +67,9 @@ def table(results: dict[str, dict], full: bool = True) -> str:
         op, t = evaluate.target_for(key)
         vals = " | ".join(f"{results[c]['categories'][key]['accuracy']:.1%}" for c in cells)
         rows.append(f"| {label} | {vals} | {op} {t:.0%} |")
+    if full:
+        rows.append(f"| {evaluate.AGREEMENT_LABEL} | "
+                    + " | ".join(_agreement(results[c]) for c in cells) + " | |")
     distances = sorted({int(d) for c in cells for d in results[c]["by_distance"]}) if full else []
     for d in distances:
         vals = " | ".join(f"{results[c]['by_distance'].get(str(d), {}).get('accuracy', float('nan')):.1%}"
@@ -80,6 +83,13 @@ def table(results: dict[str, dict], full: bool = True) -> str:
     n = first["categories"]["near"]["total"]
     return "\n".join(rows) + (f"\n\n{n} conversations per category, seed {first['seed']}; "
                               f"measured on {first.get('machine') or machine()}.")
+
+
+def _agreement(result: dict) -> str:
+    """The readout's agreement with the replies (evaluate.agreement); "—" where the results
+    predate it or the checkpoint has no referent head."""
+    accuracy = (result.get("agreement") or {}).get("accuracy")
+    return "—" if accuracy is None else f"{accuracy:.1%}"
 
 
 def _training_rows(results: dict[str, dict], cells: list[str]) -> list[str]:

@@ -41,6 +41,7 @@ from ..model.recurrence import reference as gates
 from ..text.tokenizer import Tokenizer
 from ..text.turns import END, END_PART, PROMPT_PART, REPLY_PART, drive
 from .evaluate import SEED_DIALOGUE
+from .readout import Readout
 
 TOP_K = 5  # next characters kept per step
 
@@ -138,24 +139,40 @@ def trace_turn(model: RecurrentLM, tok: Tokenizer, question: str, state: State) 
     return TurnTrace(question, reply, steps, state_in, state)
 
 
-def trace_conversation(ckpt: Checkpoint, questions: list[str], zeroed: bool = True) -> list[TurnTrace]:
+def trace_conversation(ckpt: Checkpoint, questions: list[str], zeroed: bool = True,
+                       carry: bool = True) -> list[TurnTrace]:
     """Trace every turn of a conversation from the all-zero state, carrying the state between
-    turns; with `zeroed`, also ask each question from a zeroed state for comparison."""
+    turns; with `zeroed`, also ask each question from a zeroed state for comparison. With
+    `carry=False`, every turn is itself traced from the zero state (the stateless run, character
+    by character; its replies are the zeroed replies)."""
     model, tok = ckpt.model.eval(), ckpt.tokenizer
-    stateless = ChatSession(ckpt, carry=False) if zeroed else None
-    state = model.zero_state(1, model.embedding.weight.device)
+    stateless = ChatSession(ckpt, carry=False) if zeroed and carry else None
+    zero = model.zero_state(1, model.embedding.weight.device)
+    state = zero
     turns = []
     for n, raw in enumerate(questions, 1):
         try:
             question = clean_question(raw)
         except ValueError as exc:
             raise ContextbotError(f"question {n}: {exc}") from None
-        turn = trace_turn(model, tok, question, state)
+        turn = trace_turn(model, tok, question, state if carry else zero)
         if stateless is not None:
             turn.reply_zeroed = stateless.ask(question)
+        elif not carry:
+            turn.reply_zeroed = turn.reply
         turns.append(turn)
         state = turn.state_out
     return turns
+
+
+def readout_probabilities(readout: Readout, turn: TurnTrace, hidden: int) -> torch.Tensor:
+    """The readout after every character of a turn, (steps, 2, classes): the head on the top
+    layer's h (the last `hidden` entries of each step's `hidden`)."""
+    return readout.probabilities(torch.stack([s.hidden[-hidden:] for s in turn.steps]))
+
+
+def _readings_json(readout: Readout, probs: torch.Tensor) -> dict:
+    return {r.pronoun: [r.label, round(r.probability, 5)] for r in readout.readings(probs)}
 
 
 # -- per-turn summary ---------------------------------------------------------------------------
@@ -204,17 +221,40 @@ def _r(x, digits: int = 5):
     return x
 
 
-def trace_json(ckpt: Checkpoint, turns: list[TurnTrace]) -> dict:
+def trace_json(ckpt: Checkpoint, turns: list[TurnTrace], stateless: list[TurnTrace] | None = None) -> dict:
     """Everything `inspect --json` prints: the checkpoint, and per turn the summary and every
-    character (one entry per token; with the character tokenizer, one per character)."""
+    character (one entry per token; with the character tokenizer, one per character).
+
+    For a checkpoint with a referent head (analysis/readout.py), every character also has
+    "readout": {"he": [label, p], "she": [label, p]}, the head's likeliest class after it and
+    its probability, and the top level "readout_labels" lists the classes. With `stateless`
+    (`inspect --readout`: each turn traced from a zeroed state), "stateless" has those turns:
+    question, reply and the readout per character."""
+    readout = Readout.of(ckpt)
+    hidden = ckpt.config.hidden
+
+    def characters(turn: TurnTrace, full: bool) -> list[dict]:
+        probs = readout_probabilities(readout, turn, hidden) if readout is not None else None
+        out = []
+        for k, s in enumerate(turn.steps):
+            entry = ({"char": s.text, "part": s.part, "norms": _r(s.norms), "gates": _r(s.gates),
+                      "saturated": _r(s.saturated), "top5": [[c, round(p, 5)] for c, p in s.top]}
+                     if full else {"char": s.text, "part": s.part})
+            if probs is not None:
+                entry["readout"] = _readings_json(readout, probs[k])
+            out.append(entry)
+        return out
+
     out_turns = []
     for turn in turns:
         entry = _r(turn_summary(turn))
-        entry["characters"] = [
-            {"char": s.text, "part": s.part, "norms": _r(s.norms), "gates": _r(s.gates),
-             "saturated": _r(s.saturated),
-             "top5": [[c, round(p, 5)] for c, p in s.top]}
-            for s in turn.steps]
+        entry["characters"] = characters(turn, True)
         out_turns.append(entry)
-    return {"checkpoint": str(ckpt.path), "sha256": ckpt.sha256, "config": ckpt.config.to_dict(),
-            "step": ckpt.step, "turns": out_turns}
+    out = {"checkpoint": str(ckpt.path), "sha256": ckpt.sha256, "config": ckpt.config.to_dict(),
+           "step": ckpt.step, "turns": out_turns}
+    if readout is not None:
+        out["readout_labels"] = list(readout.labels)
+    if stateless is not None:
+        out["stateless"] = [{"question": t.question, "reply": t.reply, "characters": characters(t, False)}
+                            for t in stateless]
+    return out

@@ -98,11 +98,31 @@ def name_key(text: str) -> str:
     the Kelvin sign and full-width letters to plain letters, and lets the Greek iota subscript
     fold the same however it was capitalised. So "Yusuf Yılmaz", "YUSUF YILMAZ" and "yusuf
     yılmaz" share one key, and so do "Straße"/"STRASSE" and "Ὀδυσσεύς"/"ὈΔΥΣΣΕΎΣ". Two names
-    with one key are one person to contextbot (a facts file may not have both).
+    with one key are one person to contextbot (a facts file may not have both). Accents on letters
+    with case do not count (`_without_case_marks`).
     """
     t = unicodedata.normalize("NFKD", text).upper()
     t = unicodedata.normalize("NFKD", t).casefold()
-    return " ".join(unicodedata.normalize("NFKC", t).split())
+    return " ".join(unicodedata.normalize("NFKC", _without_case_marks(t)).split())
+
+
+def _without_case_marks(text: str) -> str:
+    """`text` (decomposed) without the combining marks that sit on a letter with case.
+
+    upper() can turn one letter into two (Greek ᾂ becomes ἊΙ: the iota subscript is a capital
+    iota), and a combining mark that followed the letter then follows the second one: "ᾂ̀" and
+    its capitals would not fold to one key. So accents on cased letters do not count in a key
+    ("José" and "JOSE" are one name, as they are when people type them); the marks of scripts
+    without case (the vowel signs of Devanagari, say) are letters of the name and stay."""
+    out, cased = [], False
+    for ch in text:
+        if unicodedata.combining(ch) or unicodedata.category(ch) == "Mn":
+            if cased:
+                continue
+        else:
+            cased = ch.lower() != ch.upper()
+        out.append(ch)
+    return "".join(out)
 
 
 # -- reading and validating a facts file ---------------------------------------------------------

@@ -351,6 +351,7 @@ def save(run: Run, clock: Clock) -> None:
     if not world.is_main:
         return
     meta = resume.metadata(run.o, referents=run.referents.key() if run.referents is not None else "",
+                           referent_names=[e.name for e in run.referents.entities] if run.referents is not None else None,
                            seconds=run.seconds_before + clock.elapsed(),  # all runs of this model together
                            device=world.device, processes=world.size)
     checkpoint.save(run.out, run.model, run.tok, step=run.step, corpus_sha256=run.corpus_sha256,

@@ -52,11 +52,13 @@ def state_tensors(state: State | None) -> dict[str, torch.Tensor]:
 
 
 def metadata(o: TrainOptions, *, referents: str, seconds: float, device: torch.device,
-             processes: int) -> dict:
+             processes: int, referent_names: list[str] | None = None) -> dict:
     """What the checkpoint's metadata says about the run: the recipe to resume with, the people
-    of the referent signal (`Referents.key()`, "" without it), and the training time of all runs
-    of this model together."""
+    of the referent signal (`Referents.key()`, "" without it, and their names in class order, for
+    the memory readout: analysis/readout.py), and the training time of all runs of this model
+    together."""
     return {"recipe": o.recipe(), "steps": o.steps, "corpus": o.corpus, "referents": referents,
+            "referent_names": list(referent_names or []),
             "seconds": round(seconds, 1), "device": str(device),
             "threads": torch.get_num_threads(), "processes": processes}
 

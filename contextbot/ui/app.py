@@ -10,6 +10,10 @@ How the pieces talk (the one rule: only the event-loop thread touches widgets):
     on_reply_progress <─────┘  (event-loop thread: updates the reply and the panel)
     on_reply_finished <── post_message(ReplyFinished) at the end of the turn
 
+Before the reply, for a checkpoint with the referent head, the worker also posts a PromptProgress
+per character of the question: who "he" and "she" mean as the state reads it (the Memory section;
+each ReplyProgress's newest tick carries the same for the reply).
+
 The model loads the same way (`_load_model` posts ModelLoaded or ModelFailed), so the window
 appears at once with a loading indicator. While a reply streams, `busy` locks the input and
 greys out the keys that would change the state under the worker's feet; Escape sets an Event
@@ -34,17 +38,18 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from ..analysis.readout import Readout
 from ..chat import ChatSession
 from ..text.terminal import clean_question, visible
 from . import transcript as transcript_io
 from .conversation import BotReply, ChatLog
 from .help import HelpScreen
 from .history_input import HistoryInput
-from .messages import (ComparisonReady, ModelFailed, ModelLoaded, ReplyFinished, ReplyProgress,
-                       ReplyRefused)
-from .panel import CarryoverTable, StatePanel
+from .messages import (ComparisonReady, ModelFailed, ModelLoaded, PromptProgress, ReplyFinished,
+                       ReplyProgress, ReplyRefused)
+from .panel import CarryoverTable, MemoryView, StatePanel
 from .status import StatusLine
-from .streaming import run_turn, zeroed_answer
+from .streaming import Memory, run_turn, zero_memory, zeroed_answer
 from .timeline import Timeline
 
 #: Actions that need a loaded model (greyed out before it loads, or when it failed to).
@@ -113,6 +118,9 @@ class ChatApp(App[None], inherit_bindings=False):
         self._stop = threading.Event()  # set by Escape / quit; polled by the reply worker
         self._reply: BotReply | None = None
         self._last_end = None  # the state that ended the previous turn (for the cosine)
+        self.readout: Readout | None = None  # the referent head's reader; None: no Memory section
+        self.zero_memory: Memory | None = None  # what it reads in the all-zero state
+        self._end_memory: tuple[int, Memory] | None = None  # (turn, reading) of the state now
 
     # -- layout ---------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -137,16 +145,20 @@ class ChatApp(App[None], inherit_bindings=False):
         """Thread: read the checkpoint, then post the session (or the reason it failed)."""
         try:
             session = ChatSession.load(self.checkpoint_path)
+            readout = Readout.of(session.checkpoint)  # None without the referent head
+            zero = zero_memory(session, readout) if readout is not None else None
         except Exception as exc:  # a damaged file can upset any library on the way in
             self._post(ModelFailed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
         else:
-            self._post(ModelLoaded(session))
+            self._post(ModelLoaded(session, readout, zero))
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.session = message.session
+        self.readout, self.zero_memory = message.readout, message.zero
         chat, panel = self.query_one(ChatLog), self.query_one(StatePanel)
         chat.loading = panel.loading = False
-        panel.setup(self.session)
+        panel.setup(self.session, self.readout.labels if self.readout is not None else None)
+        self._show_memory()
         chat.add_note("Ask about someone, then ask a follow-up with “he” or “she”. "
                       "F1 explains the panel.")
         box = self.query_one(HistoryInput)
@@ -199,18 +211,27 @@ class ChatApp(App[None], inherit_bindings=False):
                 self.session, question,
                 on_progress=lambda ticks: self._post(ReplyProgress(turn, ticks)),
                 should_stop=lambda: self._stop.is_set() or worker.is_cancelled,
-                previous_end=previous_end)
+                previous_end=previous_end, readout=self.readout,
+                on_prompt=lambda fed, memory: self._post(PromptProgress(turn, fed, memory)))
         except ValueError as exc:
             self._post(ReplyRefused(turn, str(exc)))
         else:
             self._post(ReplyFinished(turn, result))
 
+    def on_prompt_progress(self, message: PromptProgress) -> None:
+        if message.turn != self.turn or self._reply is None:
+            return
+        self.query_one(MemoryView).show(message.memory, "reading the question", message.fed)
+
     def on_reply_progress(self, message: ReplyProgress) -> None:
         if message.turn != self.turn or self._reply is None:
             return
         self.timeline.set_live(message.ticks)
-        self._reply.show("".join(t.char for t in message.ticks))
+        reply = "".join(t.char for t in message.ticks)
+        self._reply.show(reply)
         self.query_one(StatePanel).refresh_state(self.session, self.timeline, message.ticks[-1])
+        if message.ticks and message.ticks[-1].memory is not None:
+            self.query_one(MemoryView).show(message.ticks[-1].memory, "replying", reply)
 
     def on_reply_finished(self, message: ReplyFinished) -> None:
         r = message.result
@@ -225,6 +246,11 @@ class ChatApp(App[None], inherit_bindings=False):
         panel = self.query_one(StatePanel)
         panel.query_one(CarryoverTable).add(message.turn, r, entry.memory_zeroed_before)
         panel.refresh_state(self.session, self.timeline)
+        if r.memory_out is not None:
+            kind = "reset" if entry.memory_zeroed_before else ("turn" if r.carry else "off")
+            panel.query_one(MemoryView).add_turn(message.turn, kind, r.memory_out)
+            self._end_memory = (message.turn, r.memory_out)
+        self._show_memory()
         self.busy = False
 
     def on_reply_refused(self, message: ReplyRefused) -> None:
@@ -271,10 +297,12 @@ class ChatApp(App[None], inherit_bindings=False):
     def action_forget(self) -> None:
         """ctrl+r: zero the state. The conversation stays on screen, marked by a divider."""
         self.session.reset()
+        self._end_memory = None
         self.timeline.mark_reset()
         self.transcript.mark_reset()
         self.query_one(ChatLog).add_divider("memory zeroed: the next turn starts from nothing")
         self.query_one(StatePanel).refresh_state(self.session, self.timeline)
+        self._show_memory()
         self._show_status()
         self.refresh_bindings()  # ctrl+d greys out: nothing to compare until the next question
 
@@ -284,6 +312,7 @@ class ChatApp(App[None], inherit_bindings=False):
         self.query_one(ChatLog).add_divider(
             "memory on: turns carry the state" if self.session.carry
             else "memory off: every turn starts from zero")
+        self._show_memory()
         self._show_status()
 
     def action_compare(self) -> None:
@@ -333,7 +362,8 @@ class ChatApp(App[None], inherit_bindings=False):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            # Before the model has loaded, the help that assumes a Memory section.
+            self.push_screen(HelpScreen(memory=self.session is None or self.readout is not None))
 
     async def action_quit(self) -> None:
         self._stop.set()  # a streaming worker stops at its next character
@@ -346,6 +376,22 @@ class ChatApp(App[None], inherit_bindings=False):
             self.post_message(message)
         except RuntimeError:  # the event loop is already closed (quit mid-reply)
             pass
+
+    def _show_memory(self) -> None:
+        """The Memory section between turns: who he and she mean in the state the next turn
+        starts from. That is the zero state after ctrl+r, before the first turn, and while the
+        memory is off (every turn then starts from zero)."""
+        if self.readout is None or self.session is None:
+            return
+        view = self.query_one(MemoryView)
+        if not self.session.carry:
+            view.show(self.zero_memory, "memory off: next turn from zero")
+        elif self._end_memory is None:
+            view.show(self.zero_memory, "zeroed by ctrl+r" if self.transcript.entries
+                      else "the zero state: nothing said yet")
+        else:
+            turn, memory = self._end_memory
+            view.show(memory, f"after turn {turn}")
 
     def _show_status(self, activity: str = "") -> None:
         status = self.query_one(StatusLine)

@@ -3,6 +3,9 @@
 The page fits the smallest supported terminal, 80×24, whole: at most `MAX_LINES` lines of at most
 `MAX_WIDTH` characters, laid out by hand (a Markdown page spends a third of that on margins). On
 a smaller terminal the box scrolls.
+
+`HELP` is the page for a checkpoint with the referent head; for one without it, the Memory
+section is hidden and `NO_MEMORY_HELP` says why in the same two lines (`help_text`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ A character-level recurrent network. It answers [i]Where does he live?[/i] right
 only because its hidden state [b]h[/b] still holds the person of the previous turn.
 
 [b]The panel[/b]
+{memory}
  [b]Hidden-state norm[/b]  ‖h‖ per layer after each reply character (‖c‖ too for
                     an LSTM). [yellow]│[/yellow] = a turn start: [yellow]yellow[/yellow], memory carried in;
                     [magenta]magenta[/magenta], from zero (memory off); [red]red[/red], zeroed by ctrl+r.
@@ -37,8 +41,23 @@ only because its hidden state [b]h[/b] still holds the person of the previous tu
  [b]up/down[/b] history         [b]F1[/b] this help           [b]ctrl+q[/b] quit
 
 [b]Try[/b] [i]Who is Tom Cruise?[/i] then [i]Where does he live?[/i] Then ctrl+t (memory off)
-and ask it again: with nothing carried in, the bot cannot know who "he" is.
-ctrl+d shows the last answer beside the one a zeroed state gives."""
+and ask again: from zero, it cannot know who "he" is. ctrl+d: both answers."""
+
+MEMORY_LINES = """\
+ [b]Memory[/b]             who "he"/"she" mean, as a linear probe on h reads it
+                    (replies never read it). By turn: – nobody, ? stranger."""
+NO_MEMORY_LINES = """\
+ [b]Memory[/b]             hidden: this checkpoint has no referent head (trained
+                    with --referent-weight 0, or without a facts file)."""
+
+_TEMPLATE = HELP
+HELP = _TEMPLATE.format(memory=MEMORY_LINES)
+NO_MEMORY_HELP = _TEMPLATE.format(memory=NO_MEMORY_LINES)
+
+
+def help_text(memory: bool = True) -> str:
+    """The page, for a checkpoint with the referent head (`memory`) or without it."""
+    return HELP if memory else NO_MEMORY_HELP
 
 
 class HelpScreen(ModalScreen[None]):
@@ -58,9 +77,14 @@ class HelpScreen(ModalScreen[None]):
         Binding("escape,f1,q", "dismiss", "Close help"),
     ]
 
+    def __init__(self, memory: bool = True) -> None:
+        """`memory`: whether the checkpoint has the referent head (the Memory section)."""
+        super().__init__()
+        self.memory = memory
+
     def compose(self) -> ComposeResult:
         box = VerticalScroll()
         box.border_title = "contextbot: a chat with a visible memory"
         box.border_subtitle = "Escape, F1 or q closes"
         with box:
-            yield Static(Text.from_markup(HELP), id="help-text")
+            yield Static(Text.from_markup(help_text(self.memory)), id="help-text")

@@ -6,23 +6,29 @@ thread-safe), and Textual hands it to the app's handler on the event-loop thread
 `ReplyProgress` arrives once per generated character, which can be faster than the screen
 redraws. Its `can_replace` lets Textual drop a stale one when a newer one for the same turn is
 already waiting in the queue; nothing is lost, because every ReplyProgress carries the whole
-reply so far.
+reply so far. `PromptProgress` (one per character of the question, before the reply) collapses
+the same way: only the newest reading is drawn.
 """
 
 from __future__ import annotations
 
 from textual.message import Message
 
+from ..analysis.readout import Readout
 from ..chat import ChatSession
-from .streaming import Tick, TurnResult
+from .streaming import Memory, Tick, TurnResult
 
 
 class ModelLoaded(Message):
-    """The checkpoint loaded; the chat can start."""
+    """The checkpoint loaded; the chat can start. `readout`: its referent head's reader, and
+    `zero`: what that reads in the all-zero state (both None for a checkpoint without the head)."""
 
-    def __init__(self, session: ChatSession) -> None:
+    def __init__(self, session: ChatSession, readout: Readout | None = None,
+                 zero: Memory | None = None) -> None:
         super().__init__()
         self.session = session
+        self.readout = readout
+        self.zero = zero
 
 
 class ModelFailed(Message):
@@ -31,6 +37,20 @@ class ModelFailed(Message):
     def __init__(self, error: str) -> None:
         super().__init__()
         self.error = error
+
+
+class PromptProgress(Message):
+    """Turn `turn`'s prompt is being read: `fed` is the prompt so far, `memory` who he and she
+    mean right after its last character."""
+
+    def __init__(self, turn: int, fed: str, memory: Memory) -> None:
+        super().__init__()
+        self.turn = turn
+        self.fed = fed
+        self.memory = memory
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, PromptProgress) and message.turn == self.turn
 
 
 class ReplyProgress(Message):

@@ -2,6 +2,11 @@
 
 What each part shows (the help screen, F1, says the same to the user):
 
+- `MemoryView` (at the top, for a checkpoint trained with the referent head): who "he" and "she"
+  mean, as the head (a linear probe beside the model, which the replies never read) reads the
+  state after the newest character of the question or the reply, and a short entry per turn: who
+  they meant at its end. After ctrl+r, and with the memory off, the zero state's reading. Hidden
+  for a checkpoint without the head.
 - `NormChart`: per layer, ‖h‖ after each reply character as a sparkline over the last few
   hundred characters (‖c‖ too for an LSTM). A column `│` marks where a turn began: yellow when the
   memory was carried in, magenta when the turn started from zero (memory off), red after ctrl+r.
@@ -22,15 +27,18 @@ from __future__ import annotations
 
 import math
 
+from rich.cells import cell_len
 from rich.text import Text
-from textual.containers import VerticalScroll
+from textual.containers import Vertical, VerticalScroll
+from textual.geometry import Size
 from textual.widget import Widget
 from textual.widgets import Static
 
 from ..model.recurrence.reference import GATE_NAMES
 from ..chat import ChatSession
 from ..text.terminal import visible
-from .streaming import Tick, TurnResult, cell_norms
+from ..analysis.readout import NOBODY_LABEL, UNKNOWN_LABEL
+from .streaming import Memory, Tick, TurnResult, cell_norms
 from .timeline import Boundary, Timeline, columns, top_units
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -224,6 +232,152 @@ class UnitHeatmap(Widget):
         return Text("\n").join(lines)
 
 
+#: The line under the Memory section that says what it shows.
+MEMORY_NOTE = "a linear probe trained beside the model; the bot's reply does not read it"
+#: How a history entry writes the two classes that are not people.
+SHORT = {NOBODY_LABEL: "–", UNKNOWN_LABEL: "?"}
+
+
+def abbreviations(labels: list[str]) -> dict[str, str]:
+    """Short names for the history: the first name where that tells the people apart, else the
+    first name and the initial of the last ("Tom C"), else the whole name; "–" for nobody and
+    "?" for a stranger."""
+    people = [label for label in labels if label not in SHORT]
+    for rule in (lambda w: w[0], lambda w: f"{w[0]} {w[-1][0]}" if len(w) > 1 else w[0]):
+        short = [rule(name.split() or [name]) for name in people]
+        if len(set(short)) == len(short):
+            return {**SHORT, **dict(zip(people, short))}
+    return {**SHORT, **{name: name for name in people}}
+
+
+def _tail(text: str, width: int) -> str:
+    """The end of `text` that fits `width` cells, led by "…" when it was cut."""
+    if cell_len(text) <= width:
+        return text
+    out = ""
+    for ch in reversed(text):
+        if cell_len(out) + cell_len(ch) + 1 > width:
+            break
+        out = ch + out
+    return "…" + out
+
+
+class MemoryView(Widget):
+    """Who "he" and "she" mean in the state, live, and at the end of each recent turn."""
+
+    # One row per line, as get_content_height counts them: a line too long ends in "…".
+    DEFAULT_CSS = "MemoryView { height: auto; text-wrap: nowrap; text-overflow: ellipsis; }"
+    HISTORY_LINES = 2  # lines of per-turn entries, the newest that fit
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.memory: Memory | None = None  # the reading drawn now
+        self.where = ""  # what that reading is of: "reading the question", "after turn 3", ...
+        self.fed = ""  # the text just fed (the question or reply so far), shown by its end
+        self.history: list[tuple[int, str, Memory]] = []  # (turn, boundary kind, memory at its end)
+        self.short: dict[str, str] = dict(SHORT)
+
+    def setup(self, labels: list[str]) -> None:
+        self.short = abbreviations(labels)
+
+    def show(self, memory: Memory | None, where: str, fed: str = "") -> None:
+        """Draw `memory`, the reading after `fed` (the newest text, if any) or of `where`."""
+        self.memory, self.where, self.fed = memory, where, fed
+        self.refresh(layout=True)
+
+    def add_turn(self, number: int, kind: str, memory: Memory) -> None:
+        """A finished turn: `kind` as the timeline's boundaries ("turn", "off", "reset")."""
+        self.history.append((number, kind, memory))
+        del self.history[:-50]  # more never fits
+        self.refresh(layout=True)
+
+    def text(self) -> str:
+        """What the view draws, as plain text (at its current width)."""
+        return self.render().plain
+
+    def render(self) -> Text:
+        return Text("\n").join(self.lines(self.size.width))
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return len(self.lines(width))  # the line count depends on the width: no cache
+
+    def lines(self, width: int) -> list[Text]:
+        width = max(12, width)
+        if self.memory is None:
+            return [Text("–", style="dim")]
+        parts = [self._reading(r) for r in self.memory]
+        one = Text(" · ").join(parts)
+        rows = [one] if one.cell_len <= width else parts
+        where = Text(self.where, style="dim")
+        if self.fed:
+            fed = visible(self.fed.replace("\n", "⏎"))
+            where.append_text(Text(": ", style="dim"))
+            where.append(_tail(fed, max(4, width - where.cell_len)), style="italic")
+        rows.append(where)
+        rows.extend(self._history(width))
+        return rows
+
+    def _reading(self, r) -> Text:
+        style = "bold green" if r.is_person else ("yellow" if r.label == UNKNOWN_LABEL else "")
+        return Text.assemble(f"{r.pronoun} → ", (visible(r.label), style or "dim"),
+                             (f" {r.probability:.2f}", "bold"))
+
+    def _history(self, width: int) -> list[Text]:
+        """The newest turns' entries that fit in HISTORY_LINES lines, oldest first: the turn's
+        number (coloured like the norm chart's turn marks) and who he/she meant at its end."""
+        if not self.history:
+            return []
+        entries = []
+        for number, kind, (he, she) in self.history:
+            entry = Text.assemble((str(number), BOUNDARY_STYLE.get(kind, "")), " ")
+            for i, r in enumerate((he, she)):
+                entry.append(visible(self.short.get(r.label, r.label)),
+                             "bold" if r.is_person and r.probability >= 0.5 else "dim")
+                if i == 0:
+                    entry.append("/", style="dim")
+            entries.append(entry)
+        label = Text("by turn ", style="dim")
+        room = max(1, width - label.cell_len)  # every line is indented as far as the label
+        for first in range(len(entries)):  # drop the oldest until the rest fit
+            rows = _pack(entries[first:], room)
+            if len(rows) <= self.HISTORY_LINES:
+                break
+        else:
+            return []
+        indent = Text(" " * label.cell_len)
+        return [Text.assemble(label if i == 0 else indent, Text("  ").join(row))
+                for i, row in enumerate(rows)]
+
+
+def _pack(entries: list[Text], width: int) -> list[list[Text]]:
+    """Entries into lines of at most `width` cells, two spaces apart, in order."""
+    rows: list[list[Text]] = [[]]
+    used = 0
+    for entry in entries:
+        need = entry.cell_len + (2 if rows[-1] else 0)
+        if rows[-1] and used + need > width:
+            rows.append([])
+            used, need = 0, entry.cell_len
+        rows[-1].append(entry)
+        used += need
+    return rows
+
+
+class MemorySection(Vertical):
+    """The Memory section: its title, the view, and the line that says what it is."""
+
+    DEFAULT_CSS = """
+    MemorySection { height: auto; }
+    MemorySection > .memory-note { color: $text-muted; text-style: italic;
+                                   text-wrap: nowrap; text-overflow: ellipsis; }
+    """
+
+    def compose(self):
+        yield SectionTitle("Memory: who he and she mean", classes="-first")
+        yield MemoryView(id="memory")
+        yield Static(MEMORY_NOTE, classes="memory-note")
+
+
 class ModelInfo(Static):
     """Cell, size, checkpoint, and the characters of context fed since the last reset."""
 
@@ -248,7 +402,8 @@ class StatePanel(VerticalScroll):
     """
 
     def compose(self):
-        yield SectionTitle("Hidden-state norm", classes="-first")
+        yield MemorySection(id="memory-section")
+        yield SectionTitle("Hidden-state norm", id="norms-title")
         yield NormChart(id="norms")
         yield SectionTitle("Gates (unit mean, newest char)")
         yield GateBars(id="gates")
@@ -259,8 +414,13 @@ class StatePanel(VerticalScroll):
         yield SectionTitle("Model")
         yield ModelInfo(id="model-info")
 
-    def setup(self, session: ChatSession) -> None:
-        """Called once the model has loaded."""
+    def setup(self, session: ChatSession, labels: list[str] | None = None) -> None:
+        """Called once the model has loaded. `labels`: the referent head's classes
+        (analysis/readout.py); None hides the Memory section (a checkpoint without the head)."""
+        self.query_one(MemorySection).display = labels is not None
+        self.query_one("#norms-title").set_class(labels is None, "-first")
+        if labels is not None:
+            self.query_one(MemoryView).setup(labels)
         c = session.checkpoint.config
         chart = self.query_one(NormChart)
         chart.n_layers, chart.is_lstm = c.layers, c.cell == "lstm"

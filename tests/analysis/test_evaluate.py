@@ -1,5 +1,6 @@
 import random
 
+import pytest
 import torch
 
 from contextbot import ChatSession
@@ -214,3 +215,114 @@ def test_eval_on_one_man_and_one_woman_reports_the_switch_as_not_applicable(tiny
     notes = [line for line in out.splitlines() if "not applicable" in line]
     assert notes == ["not applicable: switch to a new person of the same gender (needs two people of "
                      "one gender in the facts file)"]
+
+
+# -- the readout's agreement with the replies -------------------------------------------------
+def _person(name, pronoun, **facts):
+    from contextbot.text.facts import Entity
+    base = dict(profession="actor", nationality="American", city="Paris", spouse=None, born=1970)
+    return Entity(name=name, pronoun=pronoun, **(base | facts))
+
+
+def test_agreement_judges_the_person_the_reply_is_about():
+    tom = _person("Tom Cruise", "he", city="Beverly Hills", born=1962)
+    megan = _person("Megan Fox", "she", city="Los Angeles", born=1986, profession="actress")
+    people = (tom, megan)
+    assert evaluate.reply_person("He lives in Beverly Hills.", "city", people) is tom
+    assert evaluate.reply_person("She lives in los angeles.", "city", people) is megan
+    assert evaluate.reply_person("Who do you mean?", "city", people) is None
+    assert evaluate.reply_person("Beverly Hills or Los Angeles.", "city", people) is None  # several
+    assert evaluate.reply_person("That is Megan Fox.", "born", people) is megan  # by name
+    assert evaluate.identifies(tom, "city", people)
+    assert not evaluate.identifies(tom, "nationality", people)  # both American
+
+    def turn(pronoun, attribute):
+        return Turn("?", "", "fact", pronoun=pronoun, attribute=attribute)
+
+    result = evaluate.Agreement()
+    evaluate.agreement(
+        ["Tom Cruise", "Tom Cruise", "nobody", "Megan Fox", "Tom Cruise", "Tom Cruise",
+         "Megan Fox"],
+        [turn("he", "city"), turn("he", "city"), turn("he", "city"), turn("she", "born"),
+         turn("he", "nationality"), turn("he", "city"), turn("she", "city")],
+        ["He lives in Beverly Hills.", "He lives in Los Angeles.", "He lives in Beverly Hills.",
+         "Who do you mean?", "He is American.", "Beverly Hills or Los Angeles.",
+         "She lives in Rome."],
+        [(tom, people), (tom, people), (tom, people), (megan, people), (tom, people),
+         (tom, people), (megan, people)], result)
+    # agrees; the reply is about Megan: disagrees; the readout reads nobody: disagrees; the reply
+    # is about no one ("Who do you mean?", a city no one in play lives in): left out; "American"
+    # tells no one apart: left out; the reply is about both: disagrees.
+    assert (result.right, result.total, result.left_out) == (1, 4, 3)
+    assert len(result.examples) == 3
+
+
+def test_items_know_whom_their_pronoun_questions_are_about():
+    entities = load_facts(DEFAULT_FACTS)
+    items = evaluate.generate(entities, seed=7, per_category=5)
+    for item in items:
+        for i, (who, people) in item.about.items():
+            turn = item.turns[i]
+            assert i in item.scored and turn.kind in ("fact", "compound")
+            assert who in people and who.pronoun == turn.pronoun
+            assert who.fact(turn.attribute) in turn.expected
+        if item.category in ("near", "far", "switch", "compound", "noise", "unseen", "stateless"):
+            assert item.about
+        if item.category in ("intro", "nobody"):
+            assert not item.about
+
+
+def test_batched_talk_keeps_the_prompt_end_states(tiny_checkpoint):
+    """`run_with_prompt_states` changes no reply, and gives the top layer's h after each prompt."""
+    session = ChatSession.load(tiny_checkpoint)
+    convs = [["Who is Tom Cruise?", "Where does he live?"], ["Who is Megan Fox?"]]
+    zero = [set(), {0}]
+    talker = BatchSession(session)
+    plain = talker.run(convs, zero)
+    replies, tops = talker.run_with_prompt_states(convs, zero)
+    assert replies == plain
+    assert [len(t) for t in tops] == [2, 1]
+    for conv, conv_replies, conv_tops in zip(convs, replies, tops):
+        state = None
+        for q, reply, top in zip(conv, conv_replies, conv_tops):
+            with torch.inference_mode():
+                ids = torch.tensor([session.tokenizer.encode(prompt(q))])
+                _, after_prompt = session.model(ids, state)
+                torch.testing.assert_close(top, after_prompt[-1, 0])
+                ids = torch.tensor([session.tokenizer.encode(prompt(q) + reply + "\n")])
+                _, state = session.model(ids, state)
+
+
+def test_a_checkpoint_without_the_head_has_no_agreement(tiny_checkpoint):
+    entities = load_facts(DEFAULT_FACTS)
+    scores = evaluate.run(ChatSession.load(tiny_checkpoint), evaluate.generate(entities, seed=3, per_category=1))
+    assert scores.agreement is None
+    from contextbot.analysis.report import _agreement
+    a = _agreement(scores.agreement)
+    assert a["accuracy"] is None and "referent signal" in a["not_applicable"]
+
+
+@pytest.mark.shipped
+def test_shipped_gru_readout_agrees_with_its_replies(capsys, tiny_corpus):
+    """The shipped GRU's referent head names the person its reply is about nearly always: the
+    memory one linear layer reads is the memory the replies use. In the JSON and the table."""
+    import io
+    import json
+
+    from rich.console import Console
+
+    from contextbot.analysis.report import print_report
+
+    from ..conftest import SHIPPED_GRU, cli
+    rc, out, err = cli(capsys, "eval", "--checkpoint", SHIPPED_GRU, "--per-category", "12",
+                      "--valid", tiny_corpus, "--json")  # a small validation file: quicker
+    assert rc == 0, err
+    r = json.loads(out)
+    a = r["agreement"]
+    assert a["label"] == evaluate.AGREEMENT_LABEL and a["total"] >= 60
+    assert a["accuracy"] == round(a["right"] / a["total"], 4) >= 0.95, a
+    console = Console(width=200, record=True, file=io.StringIO())
+    print_report(r, console)
+    text = console.export_text()
+    row = next(line for line in text.splitlines() if evaluate.AGREEMENT_LABEL in line and "│" in line)
+    assert f"{a['accuracy']:.1%}" in row and f"{a['right']}" in row

@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,26 +27,18 @@ from contextbot.train.loop import batch_loss, load_corpus, train
 from contextbot.train.options import TrainOptions
 
 from ..conftest import TINY_CORPUS
+from .conftest import TIMEOUT, launcher
 
 # A tiny GRU; --batch 4 gives each of two ranks two streams.
 TINY = dict(hidden=16, embed=8, batch=4, seq_len=24, eval_every=3, checkpoint_every=2, json=True)
 TINY_ARGS = ["--hidden", "16", "--embed", "8", "--batch", "4", "--seq-len", "24",
              "--eval-every", "3", "--checkpoint-every", "2", "--json"]
-TIMEOUT = 180  # a hang (a rank waiting for another forever) fails the test instead of the suite
-
-
-def _launcher() -> list[str]:
-    """torchrun beside this Python (it is `python -m torch.distributed.run`)."""
-    script = Path(sys.executable).with_name("torchrun")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "torch.distributed.run"]
-
-
 def _torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node N -m contextbot train ...`, one thread a process,
     on the CPU (gloo) even where a GPU is present: these tests are about the processes agreeing,
     and a one-GPU machine refuses a second process per GPU (test_a_rank_without_a_gpu_of_its_own_is_refused)."""
     env = os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([*_launcher(), "--standalone", "--nproc_per_node", str(nproc),
+    return subprocess.run([*launcher(), "--standalone", "--nproc_per_node", str(nproc),
                            "-m", "contextbot", "train", *args],
                           capture_output=True, text=True, env=env, timeout=TIMEOUT)
 
@@ -221,7 +212,7 @@ def test_an_error_on_one_machine_stops_the_other(corpus, tmp_path):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    cmd = [*_launcher(), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+    cmd = [*launcher(), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
            "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "test",
            str(script), str(corpus), str(tmp_path / "m.safetensors")]
     env = os.environ | {"OMP_NUM_THREADS": "1"}

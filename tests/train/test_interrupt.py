@@ -6,7 +6,6 @@ The slow one (`make test-all`) kills a training run twenty times at random momen
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import re
@@ -18,17 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from contextbot.analysis import probe
 from contextbot.cli import main
 from contextbot.model import checkpoint
 from contextbot.train.loop import TrainOptions, train
 
-from ..conftest import (
-    ENV,
-    run,
-)
+from ..conftest import ENV, run
+from .conftest import file_fingerprint, fingerprint, one_thread
 
 # -- Ctrl-C and kill -9 during training -----------------------------------------------------------
 
@@ -43,33 +38,13 @@ def _options(corpus: Path, out: Path, steps: int, every: int) -> TrainOptions:
                         json=True)
 
 
-def _fingerprint(weights: dict[str, torch.Tensor], train_tensors: dict[str, torch.Tensor]) -> str:
-    """A hash of every tensor a checkpoint holds (weights, Adam's moments, carried state, RNG)."""
-    h = hashlib.sha256()
-    for prefix, tensors in (("model.", weights), ("train.", train_tensors)):
-        for k in sorted(tensors):
-            h.update(f"{prefix}{k}".encode())
-            h.update(tensors[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _file_fingerprint(path: Path) -> tuple[int, str]:
-    ck = checkpoint.load(path)
-    return ck.step, _fingerprint(ck.model.state_dict(), ck.train_tensors)
-
-
-# Train in this process on one thread, as the subprocesses (OMP_NUM_THREADS=1) do: the same
-# arithmetic, so the same weights bit for bit.
-one_thread = probe.one_thread
-
-
 def _reference_run(corpus: Path, out: Path, steps: int, monkeypatch) -> dict[int, str]:
     """An uninterrupted run in this process: the fingerprint of its checkpoint at every step."""
     prints: dict[int, str] = {}
     real_save = checkpoint.save
 
     def recording_save(path, model, tok, *, step, train_tensors=None, **kw):
-        prints[step] = _fingerprint(model.state_dict(), train_tensors or {})
+        prints[step] = fingerprint(model.state_dict(), train_tensors or {})
         real_save(path, model, tok, step=step, train_tensors=train_tensors, **kw)
 
     monkeypatch.setattr(checkpoint, "save", recording_save)
@@ -103,7 +78,7 @@ def test_ctrl_c_saves_and_says_how_to_resume(tiny_corpus, tmp_path, monkeypatch)
     assert "Traceback" not in err
     stopped = int(m.group(1))
     assert 5 <= stopped < steps and Path(m.group(2)) == out
-    at_stop = _file_fingerprint(out)
+    at_stop = file_fingerprint(out)
     assert at_stop[0] == stopped
 
     resume = shlex.split(m.group(3))
@@ -113,7 +88,7 @@ def test_ctrl_c_saves_and_says_how_to_resume(tiny_corpus, tmp_path, monkeypatch)
     assert checkpoint.load(out).step == steps
     reference = _reference_run(tiny_corpus, tmp_path / "ref.safetensors", steps, monkeypatch)
     assert at_stop[1] == reference[stopped], "the Ctrl-C checkpoint mixes two steps"
-    assert _file_fingerprint(out) == (steps, reference[steps])
+    assert file_fingerprint(out) == (steps, reference[steps])
 
 
 def test_training_removes_the_temporaries_that_killed_runs_left(tiny_corpus, tmp_path):
@@ -200,7 +175,7 @@ def test_kill_9_at_20_random_moments_loses_nothing(tiny_corpus, tmp_path, monkey
         p.wait()
         if not out.exists():
             continue
-        step, fingerprint = _file_fingerprint(out)
+        step, fingerprint = file_fingerprint(out)
         assert step >= last, f"kill {i}: the checkpoint went back from step {last} to {step}"
         assert fingerprint == reference[step], f"kill {i}: step {step} is not the reference's"
         last = step
@@ -212,5 +187,5 @@ def test_kill_9_at_20_random_moments_loses_nothing(tiny_corpus, tmp_path, monkey
     r = run("train", "--corpus", tiny_corpus, "--out", out, "--steps", steps, "--checkpoint-every", "1",
             *KILL_FLAGS, "--resume")
     assert r.returncode == 0, r.stderr
-    assert _file_fingerprint(out) == (steps, reference[steps])
+    assert file_fingerprint(out) == (steps, reference[steps])
     print(f"20 kills: reached step {last} before the final resume; {mid_write} kills inside a write")

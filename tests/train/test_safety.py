@@ -36,7 +36,7 @@ from contextbot.train.batches import IGNORE
 from contextbot.train.options import TrainOptions
 
 from ..conftest import TINY_CORPUS, assert_one_line_error, cli
-from .test_interrupt import _fingerprint, one_thread
+from .conftest import TIMEOUT, fingerprint, launcher, one_thread
 
 # --referent-weight 0: the tiny corpus's folder has no facts file, and training would say so.
 SMALL = ["--hidden", "16", "--embed", "8", "--batch", "2", "--seq-len", "24", "--referent-weight", "0", "--json"]
@@ -49,7 +49,7 @@ def _train(capsys, corpus, out, *extra) -> tuple[int, str, str]:
 
 def _prints(path: Path) -> tuple[int, str]:
     ck = checkpoint.load(path)
-    return ck.step, _fingerprint(ck.model.state_dict(), ck.train_tensors)
+    return ck.step, fingerprint(ck.model.state_dict(), ck.train_tensors)
 
 
 @pytest.fixture
@@ -225,12 +225,11 @@ sys.exit(main(["train", "--corpus", sys.argv[1], "--valid", "none", "--out", sys
 def test_under_torchrun_every_rank_stops_together(tiny_corpus, tmp_path):
     """A NaN on rank 1 only: both ranks stop at the same step (no rank waits forever in a
     collective), rank 0 says why in one line, and the step-2 checkpoint stands."""
-    from .test_distributed import TIMEOUT, _launcher
     script = tmp_path / "rank_one_diverges.py"
     script.write_text(RANK_ONE_DIVERGES, encoding="utf-8")
     out = tmp_path / "m.safetensors"
     env = os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run([*_launcher(), "--standalone", "--nproc_per_node", "2", str(script), str(tiny_corpus),
+    r = subprocess.run([*launcher(), "--standalone", "--nproc_per_node", "2", str(script), str(tiny_corpus),
                         str(out)], capture_output=True, text=True, env=env, timeout=TIMEOUT)
     assert r.returncode != 0
     assert r.stderr.count("contextbot: error: ") == 1, r.stderr[-3000:]

@@ -29,7 +29,7 @@ from contextbot.ui.app import ChatApp
 from contextbot.ui.conversation import BotReply, ChatLog, Comparison
 from contextbot.ui.panel import ModelInfo, StatePanel
 
-from .test_ui import ask, loaded, until
+from .conftest import ask, loaded, until
 
 #: Replies a rigged checkpoint gives, one per class of attack.
 HOSTILE_REPLIES = {

@@ -28,12 +28,12 @@ from contextbot.cli import main
 from contextbot.ui import app as app_module
 from contextbot.ui.app import ChatApp
 from contextbot.ui.conversation import ChatLog, Comparison
-from contextbot.ui.help import HELP, MAX_LINES, MAX_WIDTH, HelpScreen
+from contextbot.ui.help import HELP, MAX_LINES, MAX_WIDTH, NO_MEMORY_HELP, HelpScreen, help_text
 from contextbot.ui.panel import NormChart, range_label
 from contextbot.ui.streaming import Tick
 from contextbot.ui.timeline import Boundary
 
-from .test_ui import ask, loaded, save_tiny, tiny, tiny_path, until  # noqa: F401  (fixtures too)
+from .conftest import ask, loaded, save_tiny, until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -164,8 +164,9 @@ def test_saved_transcripts_are_ignored_by_git():
 # -- F1 ----------------------------------------------------------------------------------------------
 def test_the_help_text_is_small_enough_to_fit():
     from rich.text import Text
-    lines = Text.from_markup(HELP).plain.splitlines()
-    assert len(lines) <= MAX_LINES and max(len(ln) for ln in lines) <= MAX_WIDTH
+    for page in (HELP, NO_MEMORY_HELP):  # with the Memory section, and without (no head)
+        lines = Text.from_markup(page).plain.splitlines()
+        assert len(lines) <= MAX_LINES and max(len(ln) for ln in lines) <= MAX_WIDTH
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
@@ -182,7 +183,8 @@ async def test_f1_help_fits_the_screen_without_scrolling(tiny, size):
         assert box.max_scroll_y == 0 and box.max_scroll_x == 0  # nothing hidden below or right
         assert box.region.height <= size[1] and box.region.width <= size[0]
         screen = "\n".join(strip.text for strip in app.screen._compositor.render_strips())
-        for line in Text.from_markup(HELP).plain.splitlines():
+        page = help_text(memory=app.readout is not None)  # (test_memory.py: with a head)
+        for line in Text.from_markup(page).plain.splitlines():
             assert line.rstrip() in screen, line  # every line of the help, on screen at once
         assert "contextbot: a chat with a visible memory" in screen  # the title, in the border
         await pilot.press("escape")
