@@ -103,7 +103,7 @@ def test_batched_talk_equals_chat_session(tiny_checkpoint, shipped_gru):
 
 # -- the shipped GRU --------------------------------------------------------------------------
 
-#: The categories where the shipped GRU meets issue 3's targets (README, "How well it remembers").
+#: The categories where the shipped GRU meets its targets (docs/results.md).
 MET = ("intro", "near", "far", "switch", "two", "compound", "unknown", "nobody", "noise")
 
 
