@@ -50,6 +50,10 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
     if t := r.get("training"):
         out += [
             ("training: contextbot train", f"{t['contextbot_chars_per_sec']:,.0f} chars/s", ""),
+            ("training: baseline (PyTorch word_language_model loop)",
+             f"{t['baseline_chars_per_sec']:,.0f} chars/s" if "baseline_chars_per_sec" in t else "—", ""),
+            ("training: contextbot / baseline",
+             f"{t['contextbot_over_baseline']:.2f}x" if "contextbot_over_baseline" in t else "—", ""),
             ("training: per-character tutorial loop", f"{t['tutorial_chars_per_sec']:,.0f} chars/s",
              ""),
             ("training: roofline (matmuls at measured rates)",

@@ -7,6 +7,9 @@ sequence length):
   excluded: a padded position costs arithmetic but teaches nothing, so it counts as waste.
 - **tutorial loop**: the way char-rnn.pytorch and many tutorials train, calling the recurrent
   layer once per character inside a Python loop, then one backward pass.
+- **baseline**: the same model trained the way PyTorch's word_language_model example trains:
+  `nn.GRU` (or `nn.LSTM`) called once per chunk over the corpus's text as one token stream cut
+  into `batch` columns, the state carried and detached between chunks, no resets (`baseline_*`).
 - **roofline**: the fastest the machine could train this model if every matrix multiply of a
   training step ran at the rate this machine reaches *for that shape* (measured in the same run)
   and nothing else cost any time. The fraction of it that `contextbot train` reaches says how much
@@ -25,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from torch import nn
 
 from contextbot.model.network import ModelConfig, RecurrentLM
 from contextbot.train.loop import train
@@ -131,6 +135,77 @@ def tutorial_loop(c: ModelConfig, batch: int, seq_len: int, steps: int) -> float
     return batch * seq_len / (sum(times) / len(times))
 
 
+class BaselineLM(nn.Module):
+    """The word_language_model example's model, one character per token: an embedding, PyTorch's
+    recurrent layer, dropout around it, and an output layer."""
+
+    def __init__(self, cell: str, vocab: int, embed: int, hidden: int, layers: int, dropout: float):
+        super().__init__()
+        rnn = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}[cell]
+        self.embedding = nn.Embedding(vocab, embed)
+        self.rnn = rnn(embed, hidden, num_layers=layers, dropout=dropout if layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, x: torch.Tensor, state):
+        """x (seq, batch), time first as in the example -> logits (seq, batch, vocab), state."""
+        out, state = self.rnn(self.drop(self.embedding(x)), state)
+        return self.head(self.drop(out)), state
+
+
+def batchify(text: str, batch: int) -> tuple[torch.Tensor, int]:
+    """The text as one stream of character ids, cut into `batch` columns as the example's
+    `batchify` does (the tail that does not fill a row is dropped): (len // batch, batch), and
+    the number of distinct characters."""
+    chars = sorted(set(text))
+    index = {ch: i for i, ch in enumerate(chars)}
+    ids = torch.tensor([index[ch] for ch in text], dtype=torch.long)
+    n = ids.numel() // batch
+    return ids[:n * batch].view(batch, n).t().contiguous(), len(chars)
+
+
+def baseline_chars_per_sec(o: TrainOptions | None = None, steps: int = 60, warmup: int = 3,
+                           text: str | None = None, vocab_size: int | None = None) -> float:
+    """Characters per second of a word_language_model-style loop at the recipe's sizes (cell,
+    hidden, embed, layers, dropout, batch streams, seq_len chunks), optimizer (AdamW at the
+    recipe's lr and weight decay, clipping at its clip), on the recipe's corpus (or `text`), in
+    the current thread setting. The first `warmup` steps are not timed. `vocab_size` widens the
+    embedding and output layer to contextbot's vocabulary (its tokenizer's pieces), so that both
+    loops do the same arithmetic per character; by default, the text's distinct characters."""
+    o = o or TrainOptions()
+    if text is None:
+        text = Path(o.corpus).read_text(encoding="utf-8")
+    seq = o.seq_len or 192
+    data, vocab = batchify(text, o.batch)
+    if data.shape[0] < 2:
+        raise ValueError("the text is too short for one chunk per stream")
+    torch.manual_seed(o.seed)
+    model = BaselineLM(o.cell, max(vocab, vocab_size or 0), o.embed, o.hidden, o.layers, o.dropout)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    state, i, chars, seconds = None, 0, 0, 0.0
+    for s in range(warmup + steps):
+        if i + 1 >= data.shape[0]:  # an epoch done: start the stream again from a fresh state
+            i, state = 0, None
+        n = min(seq, data.shape[0] - 1 - i)
+        t = time.perf_counter()
+        x, y = data[i:i + n], data[i + 1:i + 1 + n]  # the example's get_batch
+        if state is not None:  # the example's repackage_hidden: keep the values, cut the graph
+            state = tuple(h.detach() for h in state) if isinstance(state, tuple) else state.detach()
+        logits, state = model(x, state)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip)
+        opt.step()
+        loss.item()  # the example reads the loss every step for its log
+        if s >= warmup:
+            seconds += time.perf_counter() - t
+            chars += x.numel()
+        i += n
+    return chars / seconds
+
+
 def run(quick: bool = False) -> dict:
     """All training-throughput figures at the default recipe's sizes."""
     o = TrainOptions()
@@ -139,6 +214,7 @@ def run(quick: bool = False) -> dict:
     seq = o.seq_len if o.seq_len else 600  # whole conversations: about 600 characters each
     roof = roofline(c, o.batch, seq)
     tut = tutorial_loop(c, o.batch, seq, 1 if quick else 3)
+    base = baseline_chars_per_sec(o, steps=15 if quick else 60, vocab_size=c.vocab_size)
     fpt = flops_per_token(c)
     cps = summary["chars_per_sec"]
     return {
@@ -147,6 +223,8 @@ def run(quick: bool = False) -> dict:
         "contextbot_chars_per_sec": cps,
         "contextbot_gflops": cps * fpt / 1e9,
         "tutorial_chars_per_sec": tut,
+        "baseline_chars_per_sec": base,
+        "contextbot_over_baseline": cps / base,
         "roofline_chars_per_sec": roof["tokens_per_sec"],
         "roofline_gflops": roof["gflops"],
         "matmul_shapes": roof["shapes"],

@@ -122,3 +122,47 @@ def test_a_batch_below_one_or_without_the_accuracy_part_is_a_usage_error(argv, c
     with pytest.raises(SystemExit) as e:
         bench.main(argv)
     assert e.value.code == 2 and "--batch" in capsys.readouterr().err
+
+
+def test_baseline_loop_trains_a_few_steps_on_a_tiny_corpus():
+    """The word_language_model-style baseline: chunks of a token stream cut into columns, the
+    state carried across chunks and across the end of the text."""
+    from contextbot.train.options import TrainOptions
+    o = TrainOptions(hidden=16, embed=8, batch=3, seq_len=5, out="unused.safetensors")
+    text = "Q: Who is she?\nA: She is a physicist.\n" * 3
+    data, vocab = training.batchify(text, 3)
+    assert data.shape == (len(text) // 3, 3) and vocab == len(set(text))
+    assert training.baseline_chars_per_sec(o, steps=12, warmup=1, text=text) > 0
+    assert training.baseline_chars_per_sec(TrainOptions(cell="lstm", hidden=16, embed=8, batch=2,
+                                                        seq_len=4, out="unused.safetensors"),
+                                           steps=3, warmup=1, text=text, vocab_size=50) > 0
+
+
+def test_table_shows_the_baseline_and_the_ratio_or_a_dash_for_older_results():
+    t = {"contextbot_chars_per_sec": 40000.0, "tutorial_chars_per_sec": 13000.0,
+         "roofline_chars_per_sec": 60000.0, "roofline_gflops": 130.0, "fraction_of_roofline": 0.66}
+    old = {a: b for a, b, _ in bench.rows({"training": t})}
+    assert old["training: baseline (PyTorch word_language_model loop)"] == "—"
+    assert old["training: contextbot / baseline"] == "—"
+    new = {a: b for a, b, _ in bench.rows({"training": t | {"baseline_chars_per_sec": 20000.0,
+                                                          "contextbot_over_baseline": 2.0}})}
+    assert new["training: baseline (PyTorch word_language_model loop)"] == "20,000 chars/s"
+    assert new["training: contextbot / baseline"] == "2.00x"
+    md = bench.markdown({"machine": "test box", "date": "2026-01-01",
+                         "training": t | {"baseline_chars_per_sec": 20000.0, "contextbot_over_baseline": 2.0}})
+    assert "| training: contextbot / baseline | 2.00x |  |" in md
+
+
+def test_profile_table_is_written_between_its_markers(tmp_path):
+    from benchmarks import profile
+    page = tmp_path / "performance.md"
+    page.write_text(f"intro\n{profile.START}\nold\n{profile.END}\nrest\n", encoding="utf-8")
+    p = {"machine": "test box", "date": "2026-01-01", "steps": 20, "batch": 16, "seq_len": 192,
+         "cell": "gru", "hidden": 256, "parts": {part: 0.001 for part in profile.PARTS},
+         "sum": 0.006, "whole_step": 0.0059}
+    assert profile.write_page(p, page)
+    text = page.read_text(encoding="utf-8")
+    assert "old" not in text and "test box" in text and "| recurrence backward | 1.00 | 17% |" in text
+    assert text.startswith("intro\n") and text.endswith("rest\n")
+    real = bench.PAGE.read_text(encoding="utf-8")
+    assert profile.START in real and profile.END in real
