@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from contextbot.files import write_atomic
+from contextbot.files import replace_block, write_atomic
 from contextbot.paths import SHIPPED as REPO
 from contextbot.analysis.results import machine as results_machine
 
@@ -105,15 +104,7 @@ def markdown(r: dict) -> str:
 
 def write_page(r: dict) -> bool:
     """Replace the bench block of docs/performance.md; False if the page or its block is missing."""
-    if not PAGE.exists():
-        return False
-    text = PAGE.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        return False
-    new = re.sub(re.escape(START) + ".*?" + re.escape(END),
-                 lambda _: f"{START}\n{markdown(r)}\n{END}", text, flags=re.S)
-    write_atomic(PAGE, new.encode("utf-8"))
-    return True
+    return replace_block(PAGE, START, END, markdown(r), write=write_atomic)  # this module's, for the tests
 
 
 def _positive(text: str) -> int:

@@ -25,7 +25,6 @@ Medians over the timed steps, after a warm-up.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from contextbot.analysis.results import machine as results_machine
-from contextbot.files import write_atomic
+from contextbot.files import replace_block
 from contextbot.model.network import detach_state, mask_state
 from contextbot.paths import SHIPPED as REPO
 from contextbot.train import distributed
@@ -165,15 +164,7 @@ def markdown(p: dict) -> str:
 
 def write_page(p: dict, page: Path = PAGE) -> bool:
     """Replace the profile block of docs/performance.md; False if the page or its block is missing."""
-    if not page.exists():
-        return False
-    text = page.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        return False
-    new = re.sub(re.escape(START) + ".*?" + re.escape(END),
-                 lambda _: f"{START}\n{markdown(p)}\n{END}", text, flags=re.S)
-    write_atomic(page, new.encode("utf-8"))
-    return True
+    return replace_block(page, START, END, markdown(p))
 
 
 def main(argv: list[str] | None = None) -> int:

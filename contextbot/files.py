@@ -114,3 +114,19 @@ def _write_atomic(path: Path, data: bytes) -> None:
             os.close(dfd)
     except OSError:
         pass  # some filesystems cannot fsync a directory; the rename itself is still atomic
+
+
+def replace_block(path: Path, start: str, end: str, block: str, write=None) -> bool:
+    """Put `block` between the markers `start` and `end` of a text file (a generated table in a
+    Markdown page), writing atomically (or with `write(path, data)`); False, writing nothing, if
+    the file or a marker is missing."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    text = path.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        return False
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    (write or write_atomic)(path, f"{before}{start}\n{block}\n{end}{after}".encode("utf-8"))
+    return True

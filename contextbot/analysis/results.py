@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from . import evaluate
-from ..files import write_atomic
+from ..files import replace_block, write_atomic
 from ..paths import SHIPPED as REPO
 from .report import evaluate_checkpoint
 
@@ -103,21 +103,10 @@ def _training_rows(results: dict[str, dict], cells: list[str]) -> list[str]:
     return rows
 
 
-def replace_block(path: Path, block: str) -> bool:
-    """Put `block` between the results markers of `path`; False if the file has no markers."""
-    text = path.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        return False
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    write_atomic(path, f"{before}{START}\n{block}\n{END}{after}".encode("utf-8"))
-    return True
-
-
 def write_tables(results: dict[str, dict]) -> None:
     """The full table into docs/results.md, the short one into README.md (each between markers)."""
     for path, full in ((FULL_TABLE, True), (SHORT_TABLE, False)):
-        if path.exists() and not replace_block(path, table(results, full=full)):
+        if path.exists() and not replace_block(path, START, END, table(results, full=full)):
             print(f"{path.relative_to(REPO)} has no results block; left alone", file=sys.stderr)
 
 
